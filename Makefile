@@ -1,0 +1,28 @@
+# The two commands of the README: `make demo` (install, build the synth demo, run it end to end) and
+# `make test`. Everything else is a step of those two.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DATA   ?= data
+
+.PHONY: install demo test shards clean-demo
+
+$(VENV)/.installed: requirements-cpu.txt constraints-cpu.txt setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -c constraints-cpu.txt -r requirements-cpu.txt
+	$(VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+# The synth suite's raw trees in the real datasets' layouts, then their shards through the real adapters.
+shards: install
+	$(PY) -m shards.build synth --root $(DATA)/raw --out $(DATA)/shards --scale demo --seed 0
+
+demo: shards
+
+test: install
+	DS_ACCELERATOR=cpu $(PY) -m pytest -q
+
+clean-demo:
+	rm -rf $(DATA)/raw $(DATA)/shards
