@@ -1,10 +1,22 @@
-"""Test-wide settings. Runs before any test module imports torch, triton or deepspeed."""
+"""Test-wide settings. Runs before any test module imports triton kernels or deepspeed."""
 import os
 
-# Triton kernels run in the interpreter on CPU tensors; must be set before @triton.jit executes.
-os.environ.setdefault("TRITON_INTERPRET", "1")
-# DeepSpeed: pick the CPU accelerator without probing for CUDA, and keep its JIT cache in the repo.
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+# Without a GPU the Triton kernels run in the interpreter on CPU tensors; this must be set before any
+# @triton.jit decorator executes. On a GPU machine they compile for real (the `gpu` tests).
+# DeepSpeed: without a GPU pick the CPU accelerator without probing for CUDA.
+if not _has_cuda():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# Keep DeepSpeed's one-time JIT build (shm comm op) in the repo's cache folder.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(os.path.dirname(__file__), "..", ".cache", "torch_extensions"))
 
 import pytest  # noqa: E402
@@ -12,12 +24,7 @@ import pytest  # noqa: E402
 
 def pytest_collection_modifyitems(config, items):
     """GPU tests are skipped, never faked, when CUDA is absent."""
-    try:
-        import torch
-        has_cuda = torch.cuda.is_available()
-    except ImportError:
-        has_cuda = False
-    if has_cuda:
+    if _has_cuda():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:

@@ -1,0 +1,88 @@
+"""The encoders a study evaluates: a run's exported trained encoder, or a random-init reference.
+
+A run's export (`runs/<name>/encoder.safetensors`, engine.export) already holds the encoder that was
+actually trained (`trained_encoder` = EMA "target_encoder", or the online "encoder" of a run without
+EMA: paper-spec §8.4), so evaluation never reads a raw checkpoint key. The random-init reference is the
+same architecture built from the same ModelConfig with a seed and never trained: the row that tells
+what the probes get from the architecture and the data alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.models import ModelConfig, VisionTransformer
+
+EXPORT_NAME = "encoder.safetensors"
+
+
+@dataclass(frozen=True)
+class EncoderSource:
+    """Where an evaluated encoder comes from."""
+
+    name: str  # row name in results.csv, e.g. "demo_mixed_hw_s1" or "random_init_s0"
+    kind: str  # "run" (a trained export) or "random" (fresh init of model_config with seed)
+    path: str = ""  # the export file, for kind "run"
+    model_config: str = ""  # JSON of the ModelConfig, for kind "random"
+    seed: int = 0  # init seed, for kind "random"
+
+    def fingerprint(self) -> str:
+        """Identifies the weights: the export's sha256, or the config + seed of a random init."""
+        digest = hashlib.sha256()
+        if self.kind == "run":
+            with open(self.path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        else:
+            digest.update(f"random:{self.seed}:{self.model_config}".encode())
+        return digest.hexdigest()[:16]
+
+    def load(self, device: torch.device) -> VisionTransformer:
+        """The encoder in eval mode with frozen parameters."""
+        if self.kind == "run":
+            from engine.export import load_encoder
+
+            if not Path(self.path).exists():
+                raise FileNotFoundError(f"{self.path}: no exported encoder; finish the run (train.export_at_end) "
+                                        f"or export a checkpoint with `python -m engine.export`")
+            return load_encoder(self.path, device)
+        cfg = ModelConfig(**json.loads(self.model_config))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            encoder = VisionTransformer(cfg)
+        encoder.requires_grad_(False)
+        return encoder.eval().to(device)
+
+    def describe(self) -> dict:
+        """What the report records about this encoder."""
+        info = {"name": self.name, "kind": self.kind, "seed": self.seed}
+        if self.kind == "run":
+            from engine.export import read_metadata
+
+            meta = read_metadata(self.path)
+            info.update(path=self.path, trained_encoder=meta.get("trained_encoder", ""), step=meta.get("step"),
+                        variant=meta.get("variant", ""), model_config=meta.get("model_config"))
+        else:
+            info["model_config"] = json.loads(self.model_config)
+        return info
+
+
+def run_encoder(name: str, run_dir: str | Path) -> EncoderSource:
+    return EncoderSource(name=name, kind="run", path=str(Path(run_dir) / EXPORT_NAME))
+
+
+def random_encoder(name: str, model_config: ModelConfig | dict, seed: int) -> EncoderSource:
+    config = dataclasses.asdict(model_config) if isinstance(model_config, ModelConfig) else dict(model_config)
+    return EncoderSource(name=name, kind="random", model_config=json.dumps(config, sort_keys=True), seed=seed)
+
+
+def export_model_config(export_path: str | Path) -> dict:
+    """The ModelConfig (as a dict) stored in a run's export, to build the random-init reference alike."""
+    from engine.export import read_metadata
+
+    return read_metadata(export_path)["model_config"]

@@ -1,0 +1,174 @@
+"""Frozen evaluation of one encoder on a list of benchmarks: check splits, extract once, train the probes.
+
+Results go to `<results_dir>/<encoder name>.json`, one entry per benchmark; an entry made with the same
+encoder weights and the same EvalConfig is reused, so an interrupted study re-runs only what is missing.
+Feature caches live under `<cache_root>/<weights fingerprint>/` and are shared by every probe.
+
+    python -m engine.eval.evaluate runs/demo_ucf_baseline/encoder.safetensors --benchmarks synth
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from .benchmarks import SUITES, Benchmark, ProbeProtocol, benchmark_folder, check_splits_disjoint, num_classes, resolve_benchmarks
+from .clips import encoder_forward, eval_batches
+from .encoders import EncoderSource
+from .features import CachedFeatures, ExtractionSpec, cache_is_complete, extract_to_cache, load_cache
+from .probe_train import ProbeTrainConfig, train_probe_sweep
+
+# (folder, split, spec, batch_size) -> (batches, number of batches); the real loader by default.
+BatchSource = Callable[[Path, str, ExtractionSpec, int], tuple[Iterator[dict], int]]
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation settings shared by every encoder of a study (so every row is probed alike)."""
+
+    benchmarks: tuple[str, ...] = SUITES["synth"]  # benchmark names (see engine/eval/benchmarks.py)
+    probe_epochs: int | None = None  # epochs for every probe; None = each benchmark's paper value (100 / 50)
+    probe_batch_size: int | None = None  # probe batch for every benchmark; None = each benchmark's paper value
+    lr: float = 1e-3  # protocol head learning rate (the paper)
+    weight_decay: float = 0.01  # protocol head weight decay (the paper)
+    sweep_lrs: tuple[float, ...] = ()  # extra lrs of the multi-head sweep, e.g. (5e-3, 3e-4, 1e-4)
+    sweep_wds: tuple[float, ...] = ()  # extra weight decays of the sweep, e.g. (0.1, 0.4)
+    num_clips: int = 1  # temporal clips per video (the paper: 1)
+    num_views: int = 1  # spatial views per clip (the paper: 1)
+    extract_batch_size: int = 16  # clips per encoder forward during extraction
+    probe_seed: int = 0  # seed of the probe heads and batch order
+    skip_probes: tuple[str, ...] = ()  # "benchmark:probe" pairs not to train, e.g. ("synth-ssv2:attentive",)
+
+    def probe_config(self, benchmark: Benchmark) -> ProbeTrainConfig:
+        return ProbeTrainConfig(epochs=self.probe_epochs or benchmark.epochs,
+                                batch_size=self.probe_batch_size or benchmark.batch_size,
+                                lr=self.lr, weight_decay=self.weight_decay, sweep_lrs=self.sweep_lrs,
+                                sweep_wds=self.sweep_wds, seed=self.probe_seed)
+
+    def active_probes(self, benchmark: Benchmark) -> list[ProbeProtocol]:
+        return [p for p in benchmark.probes if f"{benchmark.name}:{p.name}" not in self.skip_probes]
+
+    def pooling(self, benchmark: Benchmark) -> str:
+        """Cache all tokens only when a probe that will run reads them (real SSv2 tokens take ~400 GB)."""
+        return "tokens" if any(p.pooling == "tokens" for p in self.active_probes(benchmark)) else "mean"
+
+    def key(self, benchmark: Benchmark) -> dict:
+        """What must match for a stored result of this benchmark to be reused."""
+        probes = [asdict(p) for p in self.active_probes(benchmark)]
+        key = {"probe": asdict(self.probe_config(benchmark)), "clips": self.num_clips, "views": self.num_views,
+               "probes": probes, "folder": benchmark.folder, "splits": [benchmark.train_split, benchmark.test_split]}
+        return json.loads(json.dumps(key))  # as stored: tuples become lists, so stored keys compare equal
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _real_loader(folder: Path, split: str, spec: ExtractionSpec, batch_size: int):
+    return eval_batches(folder, split, spec, batch_size=batch_size)
+
+
+def pool_for_probe(cached: CachedFeatures, pooling: str) -> CachedFeatures:
+    """Mean-pooled view of a token cache for probes that read one pooled token."""
+    if pooling == "tokens" or cached.features.shape[2] == 1:
+        return cached
+    pooled = cached.features.float().mean(dim=2, keepdim=True).to(torch.float16)  # [n, V, 1, D]
+    return CachedFeatures(features=pooled, labels=cached.labels, keys=cached.keys, meta=cached.meta)
+
+
+def evaluate_encoder(
+    source: EncoderSource,
+    config: EvalConfig,
+    shards_root: str | Path,
+    cache_root: str | Path,
+    results_dir: str | Path,
+    batch_source: BatchSource = _real_loader,
+    device: torch.device | None = None,
+) -> dict:
+    """Evaluate `source` on every benchmark of `config`; returns (and stores) {benchmark: entry}."""
+    device = device or default_device()
+    results_path = Path(results_dir) / f"{source.name}.json"
+    fingerprint = source.fingerprint()
+    stored = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if stored.get("fingerprint") != fingerprint:
+        stored = {"fingerprint": fingerprint, "encoder": source.describe(), "benchmarks": {}}
+    encoder = None
+    for benchmark in resolve_benchmarks(list(config.benchmarks)):
+        key = config.key(benchmark)
+        previous = stored["benchmarks"].get(benchmark.name)
+        if previous is not None and previous.get("key") == key:
+            continue
+        if encoder is None:
+            encoder = source.load(device)
+        stored["benchmarks"][benchmark.name] = _evaluate_benchmark(
+            encoder, fingerprint, benchmark, config, key, Path(shards_root), Path(cache_root), batch_source, device,
+            source.name)
+        _write_json(results_path, stored)  # after every benchmark, so an interruption loses at most one
+    _write_json(results_path, stored)
+    return json.loads(results_path.read_text())  # the same form whether computed now or reused
+
+
+def _evaluate_benchmark(encoder, fingerprint: str, benchmark: Benchmark, config: EvalConfig, key: dict,
+                        shards_root: Path, cache_root: Path, batch_source: BatchSource, device, encoder_name: str) -> dict:
+    folder = benchmark_folder(shards_root, benchmark)
+    split_check = check_splits_disjoint(folder, benchmark)
+    classes = num_classes(folder)
+    spec = ExtractionSpec(num_frames=encoder.cfg.num_frames, crop_size=encoder.cfg.img_size,
+                          num_clips=config.num_clips, num_views=config.num_views, pooling=config.pooling(benchmark))
+    caches = {}
+    for split in (benchmark.train_split, benchmark.test_split):
+        cache_dir = cache_root / fingerprint / benchmark.folder / f"{split}-{spec.pooling}-{spec.num_clips}x{spec.num_views}"
+        request = {"encoder": fingerprint, "folder": str(folder.resolve()), "split": split, "spec": asdict(spec)}
+        if not cache_is_complete(cache_dir, request):  # building a loader costs seconds: only when needed
+            batches, total = batch_source(folder, split, spec, config.extract_batch_size)
+            extract_to_cache(encoder_forward(encoder, device), batches, cache_dir, spec, request, total,
+                             description=f"{encoder_name} {benchmark.name} {split}")
+        caches[split] = load_cache(cache_dir)
+    train, test = caches[benchmark.train_split], caches[benchmark.test_split]
+    shared = set(train.keys) & set(test.keys)
+    if shared:
+        raise ValueError(f"{folder}: extracted train and test features share key {sorted(shared)[0]!r}; rebuild the shards")
+    probes = {}
+    for protocol in config.active_probes(benchmark):
+        result = train_probe_sweep(pool_for_probe(train, protocol.pooling), pool_for_probe(test, protocol.pooling),
+                                   protocol.arch, config.probe_config(benchmark), classes,
+                                   description=f"{encoder_name} {benchmark.name} {protocol.name}")
+        probes[protocol.name] = result.as_dict()
+    return {"key": key, "split_check": split_check, "num_classes": classes, "probes": probes,
+            "extraction": asdict(spec)}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(data, indent=1))
+    os.replace(temporary, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Frozen-probe evaluation of one exported encoder.")
+    parser.add_argument("export", help="runs/<run>/encoder.safetensors")
+    parser.add_argument("--benchmarks", default="synth", help="'synth', 'real' or a comma-separated list")
+    parser.add_argument("--shards", default="data/shards", help="folder holding the benchmarks' shard folders")
+    parser.add_argument("--out", default="eval_out", help="results and feature cache folder")
+    parser.add_argument("--probe-epochs", type=int, default=None, help="epochs of every probe (default: the paper's)")
+    args = parser.parse_args(argv)
+    names = tuple(b.name for b in resolve_benchmarks(args.benchmarks))
+    source = EncoderSource(name=Path(args.export).parent.name, kind="run", path=args.export)
+    config = EvalConfig(benchmarks=names, probe_epochs=args.probe_epochs)
+    out = Path(args.out)
+    stored = evaluate_encoder(source, config, args.shards, out / "features", out / "evals")
+    for name, entry in stored["benchmarks"].items():
+        for probe, result in entry["probes"].items():
+            head = result["heads"][0]
+            print(f"{name:14s} {probe:22s} top-1 {head['top1']:6.2f}  top-5 {head['top5']:6.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

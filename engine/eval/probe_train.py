@@ -1,0 +1,172 @@
+"""Training a sweep of probe heads on cached features in one loop, and scoring them on the test split.
+
+All heads (one per lr x wd pair) see the same batches in the same order; their parameters are disjoint,
+so the summed loss gives each head exactly the gradient it would get alone, and one AdamW with one
+parameter group per head applies each head's own lr and weight decay. The protocol head (lr 1e-3, wd
+0.01 by default) is always part of the sweep and is the number the study reports; the best head is
+selected on the test split as V-JEPA does, which is optimistic, and is reported beside it as such.
+
+The paper's protocol: AdamW, constant lr, no augmentation, cross-entropy, top-1 after the last epoch.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .features import CachedFeatures
+from .probes import ProbeArch, average_view_probabilities, build_probe, topk_correct
+
+
+@dataclass(frozen=True)
+class ProbeTrainConfig:
+    """Optimisation of the probe heads; every run of a study uses the same config."""
+
+    epochs: int = 20  # passes over the training features, the same for every encoder
+    batch_size: int = 16  # samples per step (the paper: 16 for the attentive probes)
+    lr: float = 1e-3  # learning rate of the protocol head (the paper: 1e-3)
+    weight_decay: float = 0.01  # AdamW weight decay of the protocol head (the paper: 0.01)
+    sweep_lrs: tuple[float, ...] = ()  # extra learning rates of the multi-head sweep (empty: protocol head only)
+    sweep_wds: tuple[float, ...] = ()  # extra weight decays of the sweep, crossed with the learning rates
+    seed: int = 0  # seeds head initialisation and batch order
+    eval_batch_size: int = 256  # samples per forward when scoring
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError(f"ProbeTrainConfig: epochs and batch sizes must be >= 1, got {self}")
+        if self.lr <= 0 or self.weight_decay < 0 or any(v <= 0 for v in self.sweep_lrs) or any(v < 0 for v in self.sweep_wds):
+            raise ValueError(f"ProbeTrainConfig: learning rates must be > 0 and weight decays >= 0, got {self}")
+
+    def grid(self) -> list[tuple[float, float]]:
+        """(lr, wd) of every head; the protocol head first."""
+        lrs = sorted({self.lr, *self.sweep_lrs}, reverse=True)
+        wds = sorted({self.weight_decay, *self.sweep_wds})
+        pairs = [(self.lr, self.weight_decay)]
+        pairs += [p for p in itertools.product(lrs, wds) if p != pairs[0]]
+        return pairs
+
+
+@dataclass
+class HeadResult:
+    """Scores of one head on the test split."""
+
+    lr: float
+    weight_decay: float
+    top1: float  # percent
+    top5: float  # percent
+    final_train_loss: float  # mean cross-entropy over the last epoch
+
+
+@dataclass
+class SweepResult:
+    """All heads of one probe on one benchmark; heads[0] is the protocol head."""
+
+    arch: dict
+    train: dict
+    heads: list[HeadResult]
+    num_train: int
+    num_test: int
+    num_classes: int
+    seconds: float = 0.0
+    best_index: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.best_index = max(range(len(self.heads)), key=lambda i: (self.heads[i].top1, -i))
+
+    @property
+    def protocol(self) -> HeadResult:
+        return self.heads[0]
+
+    @property
+    def best(self) -> HeadResult:
+        return self.heads[self.best_index]
+
+    def as_dict(self) -> dict:
+        return {"arch": self.arch, "train": self.train, "heads": [asdict(h) for h in self.heads],
+                "best_index": self.best_index, "num_train": self.num_train, "num_test": self.num_test,
+                "num_classes": self.num_classes, "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SweepResult":
+        return cls(arch=data["arch"], train=data["train"], heads=[HeadResult(**h) for h in data["heads"]],
+                   num_train=data["num_train"], num_test=data["num_test"], num_classes=data["num_classes"],
+                   seconds=data.get("seconds", 0.0))
+
+
+def _flatten_views(cached: CachedFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training treats every view of a sample as its own example: [n*V, L, D] and labels [n*V]."""
+    views = cached.num_views
+    features = cached.features.reshape(-1, *cached.features.shape[2:])
+    return features, cached.labels.repeat_interleave(views)
+
+
+def train_probe_sweep(
+    train: CachedFeatures,
+    test: CachedFeatures,
+    arch: ProbeArch,
+    config: ProbeTrainConfig,
+    num_classes: int,
+    description: str = "probe",
+) -> SweepResult:
+    """Train every head of the sweep on `train`, score on `test` after the last epoch."""
+    started = time.perf_counter()
+    if train.width != test.width:
+        raise ValueError(f"train features have width {train.width}, test features {test.width}; extract both with one encoder")
+    for name, labels in (("train", train.labels), ("test", test.labels)):
+        if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ValueError(f"{name} labels outside [0, {num_classes}); the benchmark's class count is wrong")
+    grid = config.grid()
+    generator = torch.Generator().manual_seed(config.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        heads = nn.ModuleList(build_probe(arch, train.width, num_classes) for _ in grid)
+    optimizer = torch.optim.AdamW(
+        [{"params": head.parameters(), "lr": lr, "weight_decay": wd} for head, (lr, wd) in zip(heads, grid)]
+    )
+    features, labels = _flatten_views(train)
+    steps_per_epoch = math.ceil(labels.shape[0] / config.batch_size)
+    last_epoch_loss = torch.zeros(len(grid))
+    heads.train()
+    progress = tqdm(range(config.epochs), desc=description, leave=False)
+    for _ in progress:
+        order = torch.randperm(labels.shape[0], generator=generator)
+        epoch_loss = torch.zeros(len(grid))
+        for step in range(steps_per_epoch):
+            idx = order[step * config.batch_size: (step + 1) * config.batch_size]
+            batch = features[idx].float()  # [b, L, D]
+            target = labels[idx]
+            losses = torch.stack([F.cross_entropy(head(batch), target) for head in heads])  # [H]
+            optimizer.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            optimizer.step()
+            epoch_loss += losses.detach() * idx.numel()
+        last_epoch_loss = epoch_loss / labels.shape[0]
+        progress.set_postfix(loss=f"{float(last_epoch_loss[0]):.3f}")
+    results = _score(heads, test, config.eval_batch_size, grid, last_epoch_loss)
+    return SweepResult(arch=asdict(arch), train=asdict(config), heads=results, num_train=train.labels.shape[0],
+                       num_test=test.labels.shape[0], num_classes=num_classes, seconds=time.perf_counter() - started)
+
+
+@torch.no_grad()
+def _score(heads: nn.ModuleList, test: CachedFeatures, batch_size: int, grid, train_loss: torch.Tensor) -> list[HeadResult]:
+    heads.eval()
+    views = test.num_views
+    correct = [{1: 0, 5: 0} for _ in heads]
+    for start in range(0, test.labels.shape[0], batch_size):
+        batch = test.features[start: start + batch_size]  # [b, V, L, D]
+        target = test.labels[start: start + batch_size]
+        flat = batch.reshape(-1, *batch.shape[2:]).float()  # [b*V, L, D]
+        for h, head in enumerate(heads):
+            probs = average_view_probabilities(head(flat), views)  # [b, C]
+            for k, hits in topk_correct(probs, target).items():
+                correct[h][k] += hits
+    total = max(int(test.labels.shape[0]), 1)
+    return [HeadResult(lr=lr, weight_decay=wd, top1=100.0 * c[1] / total, top5=100.0 * c[5] / total,
+                       final_train_loss=float(loss))
+            for (lr, wd), c, loss in zip(grid, correct, train_loss)]

@@ -1,0 +1,171 @@
+"""REPORT.md of a study, written from results.csv rows and the study's record (command, commits,
+machine, wall times, runs). Nothing in it is typed in by hand."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .benchmarks import BENCHMARKS
+from .plots import plot_regime_deltas, plot_tradeoff
+from .results import (RANDOM_VARIANT, baseline_deltas, mean_std_text, question_benchmark, regime_deltas,
+                      variants_in_order)
+from .runs import REGIMES
+from .stats import INTERVAL_METHOD, PairedDelta, t_quantile
+
+
+def _num(value: float, digits: int = 2, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def interval_text(delta: PairedDelta) -> str:
+    if delta.num_pairs < 2:
+        return f"n={delta.num_pairs}: no interval"
+    return f"[{_num(delta.low, signed=True)}, {_num(delta.high, signed=True)}]"
+
+
+def verdict(delta: PairedDelta) -> str:
+    if delta.num_pairs < 2:
+        return "too few seeds"
+    if delta.excludes_zero():
+        return "mixed helps" if delta.mean > 0 else "mixed hurts"
+    return "no clear effect"
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.2f} h"
+
+
+def _question_section(rows: list[dict]) -> list[str]:
+    benchmark, probe = question_benchmark(rows)
+    random_values = [r["top1"] for r in rows if r["variant"] == RANDOM_VARIANT and r["benchmark"] == benchmark
+                     and r["probe"] == probe]
+    lines = [f"## The answer: top-1 on {benchmark} ({probe} probe, protocol head)", "",
+             f"Δ = mixed − UCF-only of the same variant and seed. Interval: {INTERVAL_METHOD}.", "",
+             "| variant | UCF-only (mean ± sd) | mixed (mean ± sd) | Δ mixed − UCF-only | 95% interval | seeds | reading |",
+             "|---|---|---|---|---|---|---|"]
+    for d in regime_deltas(rows):
+        lines.append(f"| {d.variant} | {mean_std_text(list(d.single.values()))} | {mean_std_text(list(d.mixed.values()))} "
+                     f"| {_num(d.delta.mean, signed=True)} | {interval_text(d.delta)} | {d.delta.num_pairs} | {verdict(d.delta)} |")
+    if random_values:
+        lines.append(f"| random init (reference) | {mean_std_text(random_values)} | — | — | — | {len(random_values)} | untrained encoder |")
+    chance = next((r["chance"] for r in rows if r["benchmark"] == benchmark), float("nan"))
+    lines += ["", f"Chance on {benchmark}: {_num(chance)}%. Per-seed values are in results.csv.", ""]
+    for regime in ("ucf", "mixed"):
+        deltas = baseline_deltas(rows, regime)
+        if not deltas:
+            continue
+        lines += [f"### Variant − same-seed baseline on {benchmark}, {REGIMES[regime]}", "",
+                  "| variant | Δ vs baseline | 95% interval | seeds |", "|---|---|---|---|"]
+        lines += [f"| {v} | {_num(d.mean, signed=True)} | {interval_text(d)} | {d.num_pairs} |" for v, d in deltas.items()]
+        lines.append("")
+    return lines
+
+
+def _benchmarks_section(rows: list[dict]) -> list[str]:
+    columns = sorted({(r["benchmark"], r["probe"]) for r in rows},
+                     key=lambda bp: (list(BENCHMARKS).index(bp[0]), not _is_headline(rows, *bp), bp[1]))
+    header = " | ".join(f"{b} ({p})" for b, p in columns)
+    lines = ["## Every benchmark (protocol head top-1, mean ± sd over seeds)", "",
+             f"| variant | regime | {header} |", "|---|---|" + "---|" * len(columns)]
+    groups = [(v, g) for v in variants_in_order(rows) for g in ("ucf", "mixed")] + [(RANDOM_VARIANT, "")]
+    for variant, regime in groups:
+        cells = []
+        for benchmark, probe in columns:
+            values = [r["top1"] for r in rows if r["variant"] == variant and r["regime"] == regime
+                      and r["benchmark"] == benchmark and r["probe"] == probe]
+            cells.append(mean_std_text(values))
+        if any(c != "—" for c in cells):
+            lines.append(f"| {variant} | {regime or '—'} | " + " | ".join(cells) + " |")
+    sweep = [r for r in rows if r["heads"] > 1]
+    if sweep:
+        lines += ["", f"Multi-head sweep: {sweep[0]['heads']} heads per probe trained in one loop; the best head is "
+                  "selected on the test split (optimistic, as V-JEPA reports it); every head is in heads.csv. "
+                  "Mean best-head top-1:", "",
+                  "| variant | regime | " + header + " |", "|---|---|" + "---|" * len(columns)]
+        for variant, regime in groups:
+            cells = [mean_std_text([r["best_top1"] for r in sweep if r["variant"] == variant and r["regime"] == regime
+                                    and r["benchmark"] == b and r["probe"] == p]) for b, p in columns]
+            if any(c != "—" for c in cells):
+                lines.append(f"| {variant} | {regime or '—'} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _is_headline(rows: list[dict], benchmark: str, probe: str) -> bool:
+    return any(r["headline"] for r in rows if r["benchmark"] == benchmark and r["probe"] == probe)
+
+
+def _protocol_section(rows: list[dict], record: dict) -> list[str]:
+    lines = ["## Protocol", "",
+             "Frozen encoder (the one each run actually trained: `trained_encoder` below), eval-layer tokens, "
+             "T frames uniformly over the whole video, short-side resize + centre crop, features cached in fp16; "
+             "AdamW, constant lr, cross-entropy, no augmentation, top-1 / top-5 on the official test/val split after "
+             "the last epoch. Every encoder is probed with the same epochs and hyperparameters.", "",
+             "| benchmark | train / test split | train / test samples | classes | probes | epochs | batch | split overlap |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, info in record.get("benchmarks", {}).items():
+        bench = BENCHMARKS[name]
+        probe_rows = [r for r in rows if r["benchmark"] == name]
+        epochs = sorted({r["epochs"] for r in probe_rows})
+        check = info.get("split_check", {})
+        lines.append(f"| {name}{f' (mirrors {bench.mirrors})' if bench.mirrors else ''} | {bench.train_split} / "
+                     f"{bench.test_split} | {check.get('train', '?')} / {check.get('test', '?')} | "
+                     f"{info.get('num_classes', '?')} | {', '.join(p.name + ' on ' + p.pooling for p in bench.probes)} | "
+                     f"{', '.join(map(str, epochs))} | {info.get('batch_size', '?')} | "
+                     f"{check.get('shared_keys', '?')} keys, {check.get('shared_sources', '?')} sources |")
+    evaluation = record.get("eval_config", {})
+    lines += ["", f"Protocol head: lr {evaluation.get('lr')}, wd {evaluation.get('weight_decay')}; sweep lrs "
+              f"{list(evaluation.get('sweep_lrs', ())) or 'none'}, wds {list(evaluation.get('sweep_wds', ())) or 'none'}; "
+              f"clips × views {evaluation.get('num_clips')} × {evaluation.get('num_views')}.", ""]
+    return lines
+
+
+def _runs_section(record: dict) -> list[str]:
+    lines = ["## Runs, recipes and commits", "",
+             "| run | variant | regime | seed | trained encoder | recipe (resolved copy) | trained at commit | train time |",
+             "|---|---|---|---|---|---|---|---|"]
+    for run in record.get("runs", []):
+        seconds = run.get("train_seconds")
+        lines.append(f"| {run['name']} | {run['variant']} | {run['regime']} | {run['seed']} | "
+                     f"{run.get('trained_encoder') or '?'} | [{run['recipe']}]({run.get('recipe_copy', '')}) | "
+                     f"{run.get('commit') or 'before this study'} | {_hours(seconds) if seconds else '—'} |")
+    overrides = record.get("train_overrides") or []
+    lines += ["", f"Training command per run: `python -m engine.train --recipe <recipe> --set run.name=<run> "
+              f"--set run.seed=<seed> --set run.out_dir={record.get('runs_dir')}"
+              + "".join(f" --set {o}" for o in overrides) + " --resume auto`.", ""]
+    return lines
+
+
+def write_report(rows: list[dict], record: dict, out: Path) -> Path:
+    """REPORT.md and the two PNG plots into `out`."""
+    delta_png = plot_regime_deltas(rows, out / "delta_ucf.png")
+    tradeoff_png = plot_tradeoff(rows, out / "tradeoff.png")
+    machine = record.get("machine", {})
+    walls = record.get("wall_seconds", {})
+    lines = [f"# Mixed vs UCF-only pretraining: {record.get('scale', '')} study", "",
+             "Does mixed-dataset pretraining (UCF-101 + SSv2 + ImageNet-100) help or hurt UCF-101 accuracy of "
+             "Video-JEPA models with auxiliary objectives, compared with UCF-101-only pretraining?", "",
+             f"- Command: `{record.get('command', '')}`",
+             f"- Code: commit {record.get('commit', '?')}{' (with uncommitted changes)' if record.get('dirty') else ''}",
+             f"- Machine: {machine.get('summary', '?')}",
+             f"- Wall time: {_hours(walls.get('total', 0.0))} in all this invocation (pretraining "
+             f"{_hours(walls.get('train', 0.0))} for {record.get('runs_trained_now', 0)} runs, evaluation "
+             f"{_hours(walls.get('eval', 0.0))}); {_hours(walls.get('all_invocations', walls.get('total', 0.0)))} over "
+             f"{record.get('invocations', 1)} invocation(s); {len(record.get('runs', []))} runs, seeds {record.get('seeds')}", ""]
+    lines += _question_section(rows)
+    lines += [f"![Δ per variant]({delta_png.name})", "", f"![appearance vs motion]({tradeoff_png.name})", ""]
+    lines += _benchmarks_section(rows)
+    lines += _protocol_section(rows, record)
+    lines += _runs_section(record)
+    notes = list(record.get("notes") or [])
+    seeds = len(record.get("seeds") or [])
+    if seeds >= 2:
+        notes.append(f"{seeds} seeds give a t-interval with {seeds - 1} degrees of freedom "
+                     f"(t = {t_quantile(0.975, seeds - 1):.2f}): only effects larger than about that many standard "
+                     f"errors of the paired difference exclude zero.")
+    if notes:
+        lines += ["## What this cannot show", ""] + [f"- {n}" for n in notes] + [""]
+    path = out / "REPORT.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,201 @@
+"""Typed configuration of the encoder and predictor, with validation and named size presets.
+
+Presets fix only the architecture's size (width, depth, heads); the input geometry (crop, frames,
+patch, tubelet) comes from the recipe, so `model_preset("tiny", img_size=64, patch_size=8)` is the CPU demo
+and `model_preset("base")` is the paper's ViT-B/16 at 224 px and 16 frames.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+POSITION_KINDS = ("rope", "sincos")
+
+
+def _as_int_tuple(value) -> tuple[int, ...] | None:
+    return None if value is None else tuple(int(v) for v in value)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _doc(default, doc: str):
+    """A dataclass field whose one-line doc is kept in its metadata (recipe `--describe` prints it)."""
+    return field(default=default, metadata={"doc": doc})
+
+
+def default_out_layers(depth: int, levels: int = 4) -> tuple[int, ...]:
+    """Evenly spaced block indices ending at the last block: depth 12 -> (2, 5, 8, 11), as in the paper."""
+    levels = min(levels, depth)
+    return tuple(sorted({depth * (i + 1) // levels - 1 for i in range(levels)}))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Video ViT encoder. The defaults are the paper's ViT-B/16 at 224 px, 16 frames, tubelet 2, RoPE."""
+
+    img_size: int = _doc(224, "side of the square input crop in pixels; a multiple of patch_size")
+    num_frames: int = _doc(16, "frames per clip; a multiple of tubelet_size")
+    patch_size: int = _doc(16, "spatial side of one patch in pixels")
+    tubelet_size: int = _doc(2, "frames merged into one token")
+    in_chans: int = _doc(3, "input channels (RGB)")
+    embed_dim: int = _doc(768, "token width; a multiple of num_heads")
+    depth: int = _doc(12, "number of transformer blocks")
+    num_heads: int = _doc(12, "attention heads per block")
+    mlp_ratio: float = _doc(4.0, "MLP hidden width as a multiple of embed_dim")
+    qkv_bias: bool = _doc(True, "bias on the fused q/k/v projection")
+    norm_eps: float = _doc(1e-6, "LayerNorm epsilon")
+    pos_embed: str = _doc("rope", "'rope' (3D rotary on q/k, the paper) or 'sincos' (fixed additive 3D sin-cos)")
+    rope_theta: float = _doc(10000.0, "RoPE base frequency")
+    out_layers: tuple[int, ...] | None = _doc(
+        None, "blocks whose LayerNormed outputs are concatenated for the losses; None = 4 evenly spaced, "
+        "ending at the last block")
+    eval_layers: tuple[int, ...] | None = _doc(
+        None, "blocks forming the frozen-eval features, a subset of out_layers; None = last block only")
+    modality_embedding: bool = _doc(False, "add a learned video/image vector to every token (V-JEPA 2.1, the paper)")
+    init_std: float = _doc(0.02, "std of the truncated-normal weight init")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out_layers", _as_int_tuple(self.out_layers))
+        object.__setattr__(self, "eval_layers", _as_int_tuple(self.eval_layers))
+        _check(self.patch_size > 0 and self.img_size % self.patch_size == 0,
+               f"model.img_size={self.img_size} is not divisible by model.patch_size={self.patch_size}; "
+               f"pick a crop that is a multiple of the patch")
+        _check(self.tubelet_size > 0 and self.num_frames % self.tubelet_size == 0,
+               f"model.num_frames={self.num_frames} is not divisible by model.tubelet_size={self.tubelet_size}; "
+               f"pick a frame count that is a multiple of the tubelet")
+        _check(self.depth >= 1, f"model.depth={self.depth} must be at least 1")
+        _check(self.num_heads >= 1 and self.embed_dim % self.num_heads == 0,
+               f"model.embed_dim={self.embed_dim} is not divisible by model.num_heads={self.num_heads}")
+        _check(self.pos_embed in POSITION_KINDS,
+               f"model.pos_embed={self.pos_embed!r} is unknown; use one of {POSITION_KINDS}")
+        _check(self.pos_embed != "rope" or self.head_dim >= 6,
+               f"model.pos_embed='rope' needs a head dim of at least 6 (2 per axis), got {self.head_dim}; "
+               f"use fewer heads or 'sincos'")
+        _check(self.mlp_ratio > 0, f"model.mlp_ratio={self.mlp_ratio} must be positive")
+        out = self.out_layer_indices
+        _check(len(out) > 0 and len(set(out)) == len(out) and list(out) == sorted(out),
+               f"model.out_layers={out} must be a non-empty ascending list of distinct block indices")
+        _check(all(0 <= i < self.depth for i in out),
+               f"model.out_layers={out} has an index outside [0, depth={self.depth})")
+        _check(out[-1] == self.depth - 1,
+               f"model.out_layers={out} must end at the last block {self.depth - 1}; "
+               f"blocks after the last output would never be trained (lower model.depth instead)")
+        ev = self.eval_layer_indices
+        _check(len(ev) > 0 and set(ev) <= set(out),
+               f"model.eval_layers={ev} must be a non-empty subset of model.out_layers={out}, "
+               f"so that their LayerNorms are trained")
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """Token grid (Tg, Hg, Wg) of the configured input geometry."""
+        side = self.img_size // self.patch_size
+        return (self.num_frames // self.tubelet_size, side, side)
+
+    @property
+    def num_tokens(self) -> int:
+        t, h, w = self.grid
+        return t * h * w
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @property
+    def mlp_hidden_dim(self) -> int:
+        return int(self.embed_dim * self.mlp_ratio)
+
+    @property
+    def out_layer_indices(self) -> tuple[int, ...]:
+        return self.out_layers if self.out_layers is not None else default_out_layers(self.depth)
+
+    @property
+    def eval_layer_indices(self) -> tuple[int, ...]:
+        return self.eval_layers if self.eval_layers is not None else (self.depth - 1,)
+
+    @property
+    def out_dim(self) -> int:
+        """Width of the training features: one embed_dim per output layer."""
+        return len(self.out_layer_indices) * self.embed_dim
+
+    @property
+    def eval_dim(self) -> int:
+        return len(self.eval_layer_indices) * self.embed_dim
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    """Narrow ViT predictor. The defaults are the paper's: depth 8, width 256, 8 heads, RoPE, zero-init mask tokens."""
+
+    depth: int = _doc(8, "number of transformer blocks")
+    width: int = _doc(256, "token width inside the predictor; a multiple of num_heads")
+    num_heads: int = _doc(8, "attention heads per block")
+    mlp_ratio: float = _doc(4.0, "MLP hidden width as a multiple of width")
+    qkv_bias: bool = _doc(True, "bias on the fused q/k/v projection")
+    norm_eps: float = _doc(1e-6, "LayerNorm epsilon")
+    pos_embed: str = _doc("rope", "'rope' or 'sincos', as for the encoder")
+    rope_theta: float = _doc(10000.0, "RoPE base frequency")
+    input_hidden_dim: int | None = _doc(
+        None, "hidden width of the input MLP in_dim -> hidden -> width; None = in_dim // 4 (3072 -> 768 -> 256 "
+        "in the paper), 0 = one Linear")
+    zero_init_mask_tokens: bool = _doc(True, "start the learnable mask tokens at zero (the paper) instead of random")
+    predict_context: bool = _doc(
+        True, "also project the context tokens' outputs (predict_all; the dense context loss needs them)")
+    init_std: float = _doc(0.02, "std of the truncated-normal weight init")
+
+    def __post_init__(self) -> None:
+        _check(self.depth >= 1, f"predictor.depth={self.depth} must be at least 1")
+        _check(self.num_heads >= 1 and self.width % self.num_heads == 0,
+               f"predictor.width={self.width} is not divisible by predictor.num_heads={self.num_heads}")
+        _check(self.pos_embed in POSITION_KINDS,
+               f"predictor.pos_embed={self.pos_embed!r} is unknown; use one of {POSITION_KINDS}")
+        _check(self.pos_embed != "rope" or self.width // self.num_heads >= 6,
+               f"predictor.pos_embed='rope' needs a head dim of at least 6, got {self.width // self.num_heads}")
+        _check(self.input_hidden_dim is None or self.input_hidden_dim >= 0,
+               f"predictor.input_hidden_dim={self.input_hidden_dim} must be >= 0 (0 = a single Linear) or null")
+        _check(self.mlp_ratio > 0, f"predictor.mlp_ratio={self.mlp_ratio} must be positive")
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+    @property
+    def mlp_hidden_dim(self) -> int:
+        return int(self.width * self.mlp_ratio)
+
+    def resolved_input_hidden_dim(self, in_dim: int) -> int:
+        """Hidden width of the input MLP for features of width in_dim (0 means a single Linear)."""
+        return max(in_dim // 4, 1) if self.input_hidden_dim is None else self.input_hidden_dim
+
+
+MODEL_PRESETS: dict[str, dict] = {
+    "tiny": dict(embed_dim=64, depth=4, num_heads=4),  # CPU tests and demo (~0.2M params)
+    "small": dict(embed_dim=384, depth=12, num_heads=6),  # ViT-S
+    "base": dict(embed_dim=768, depth=12, num_heads=12),  # ViT-B, the paper (~86M)
+    "large": dict(embed_dim=1024, depth=24, num_heads=16),  # ViT-L (~303M)
+    "huge": dict(embed_dim=1280, depth=32, num_heads=16),  # ViT-H (~632M)
+}
+
+PREDICTOR_PRESETS: dict[str, dict] = {
+    "tiny": dict(depth=2, width=64, num_heads=4),  # CPU tests and demo
+    "paper": dict(depth=8, width=256, num_heads=8),  # V-JEPA 2.1 predictor used by the paper
+    "vjepa": dict(depth=12, width=384, num_heads=12),  # V-JEPA 1/2 predictor
+}
+
+
+def _preset(table: dict[str, dict], kind: str, name: str, overrides: dict):
+    if name not in table:
+        raise ValueError(f"unknown {kind} preset {name!r}; choose one of {sorted(table)}")
+    return {**table[name], **overrides}
+
+
+def model_preset(name: str, **overrides) -> ModelConfig:
+    """ModelConfig of a named size; keyword overrides (geometry, positions, ...) win over the preset."""
+    return ModelConfig(**_preset(MODEL_PRESETS, "model", name, overrides))
+
+
+def predictor_preset(name: str, **overrides) -> PredictorConfig:
+    """PredictorConfig of a named size; keyword overrides win over the preset."""
+    return PredictorConfig(**_preset(PREDICTOR_PRESETS, "predictor", name, overrides))
+

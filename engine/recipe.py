@@ -1,0 +1,302 @@
+"""The typed recipe: what one pretraining run is, loaded from YAML and validated before any heavy work.
+
+A recipe composes sections that the other folders define (`model:` is engine.models.ModelConfig,
+`predictor:` PredictorConfig, `loss:` engine.jepa.JEPAConfig, `masking:` engine.masking.MaskingConfig,
+`data:` engine.data.LoaderConfig; `objective:` names a variant of engine.objectives' registry) with the
+trainer's own (`run:`, `train:`, `optim:`, `ema:`, `parallel:`). Files inherit with `base:` (the shipped
+recipes are base/vitb16.yaml <- regimes/<regime>.yaml <- <regime>_<variant>.yaml, and the same under
+demo/); the command line overrides with `--set key=value`.
+
+    recipe = load_recipe("recipes/mixed_fwm.yaml", ["train.steps=100"])
+    python -m engine.recipe recipes/mixed_fwm.yaml --set train.steps=100   # prints the resolved recipe
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+
+from engine.data.config import DatasetSpec, LoaderConfig
+from engine.jepa import JEPAConfig
+from engine.masking.config import MaskingConfig
+from engine.objectives.registry import VARIANTS
+from engine.models.config import MODEL_PRESETS, PREDICTOR_PRESETS, ModelConfig, PredictorConfig
+from engine.training.typed_yaml import (
+    ConfigError,
+    apply_overrides,
+    build_dataclass,
+    describe,
+    field_doc,
+    load_yaml_tree,
+    to_plain,
+)
+
+# Loader fields that the trainer sets (from train:, run: and the launcher); a recipe must not set them.
+TRAINER_OWNED_DATA_KEYS = {
+    "batch_size": "train.micro_batch",
+    "rank": "the launcher (RANK)",
+    "world_size": "the launcher (WORLD_SIZE)",
+    "seed": "run.seed",
+    "mode": "the trainer (always 'train')",
+    "infinite": "the trainer (always true: training is step-based)",
+    "dtype": "parallel.precision (the model's dtype)",
+}
+
+
+@dataclass
+class RunConfig:
+    """Naming and placement of the run."""
+
+    name: str = field_doc("run", "Run folder name under out_dir; also the TensorBoard run name.")
+    out_dir: str = field_doc("runs", "Parent folder of run folders (relative to the working directory).")
+    seed: int = field_doc(0, "Root seed of the model init, the loader's sampling and the masks.")
+
+
+@dataclass
+class TrainConfig:
+    """Length, batch geometry, logging and checkpointing of the loop."""
+
+    steps: int = field_doc(30_000, "Optimizer steps of the whole run (paper: 100 epochs x 300 = 30,000).")
+    global_batch: int = field_doc(32, "Clips per optimizer step over all ranks (paper: 32).")
+    micro_batch: int = field_doc(8, "Clips per forward on one rank; accumulation = global / (micro x world).")
+    log_every: int = field_doc(1, "Write a metrics row every N steps (CSV, TensorBoard).")
+    checkpoint_every: int = field_doc(1000, "Write a checkpoint every N steps (and always at the end).")
+    keep_last: int = field_doc(3, "Complete checkpoints kept on disk; older ones are deleted.")
+    max_nonfinite_in_row: int = field_doc(5, "NaN/Inf losses in a row that stop the run (with a checkpoint).")
+    export_at_end: bool = field_doc(True, "Export the trained encoder to <run>/encoder.safetensors at the end.")
+    progress_bar: bool = field_doc(True, "Show a tqdm bar on rank 0.")
+
+    def __post_init__(self):
+        for name in ("steps", "global_batch", "micro_batch", "log_every", "checkpoint_every", "keep_last",
+                     "max_nonfinite_in_row"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.global_batch % self.micro_batch:
+            raise ValueError(f"global_batch={self.global_batch} is not a multiple of micro_batch="
+                             f"{self.micro_batch}; pick a micro batch that divides it")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with a warmup-then-cosine learning rate and a cosine weight decay, set on param groups."""
+
+    lr: float = field_doc(6e-4, "Peak learning rate, reached at the end of warmup (paper: 6e-4).")
+    start_lr: float = field_doc(1e-4, "Learning rate at step 0 (paper: 1e-4).")
+    final_lr: float = field_doc(6e-4, "Learning rate at the last step (paper: 6e-4, i.e. constant after warmup).")
+    warmup_steps: int = field_doc(300, "Steps of the linear warmup from start_lr to lr (paper: 300 = 1 epoch).")
+    weight_decay: float = field_doc(0.04, "Weight decay at step 0 (paper: 0.04); biases and 1-D params get none.")
+    final_weight_decay: float = field_doc(0.04, "Weight decay at the last step (cosine; paper: constant 0.04).")
+    betas: tuple[float, float] = field_doc((0.9, 0.999), "AdamW betas.")
+    eps: float = field_doc(1e-8, "AdamW epsilon.")
+    grad_clip: float = field_doc(0.0, "Global gradient-norm clip; 0 disables it.")
+
+    def __post_init__(self):
+        if min(self.lr, self.start_lr, self.final_lr) < 0 or self.lr == 0:
+            raise ValueError("learning rates must be >= 0 and lr > 0")
+        if self.warmup_steps < 0 or self.grad_clip < 0 or min(self.weight_decay, self.final_weight_decay) < 0:
+            raise ValueError("warmup_steps, grad_clip and weight decays must be >= 0")
+
+
+@dataclass
+class EmaConfig:
+    """The EMA target encoder (fp32, outside the DeepSpeed engine)."""
+
+    momentum: float = field_doc(0.99925, "EMA momentum at step 0 (paper: 0.99925).")
+    final_momentum: float = field_doc(0.99925, "EMA momentum at the last step (linear ramp; paper: constant).")
+
+    def __post_init__(self):
+        if not (0.0 <= self.momentum <= 1.0 and 0.0 <= self.final_momentum <= 1.0):
+            raise ValueError(f"momentum values must lie in [0, 1], got {self.momentum}, {self.final_momentum}")
+
+
+@dataclass
+class ParallelConfig:
+    """Hardware and parallelism choices; the model code knows nothing of them."""
+
+    zero_stage: int = field_doc(2, "DeepSpeed ZeRO stage: 1 (optimizer states) or 2 (+ gradients) sharded.")
+    precision: Literal["auto", "bf16", "fp32"] = field_doc(
+        "auto", "auto = bf16 on CUDA, fp32 on CPU; the EMA target stays fp32 either way.")
+    kernels: Literal["auto", "triton", "reference"] = field_doc(
+        "auto", "Kernel backend: auto = Triton on CUDA, the PyTorch reference on CPU.")
+    activation_checkpointing: bool = field_doc(False, "Recompute encoder blocks in backward to save memory.")
+    comm_backend: Literal["auto", "nccl", "gloo"] = field_doc("auto", "auto = nccl on CUDA, gloo on CPU.")
+    cpu_threads: int = field_doc(0, "torch intra-op threads per rank; 0 = cores / local ranks - 1 (one core "
+                                    "left to the loader), at least 1.")
+
+    def __post_init__(self):
+        if self.zero_stage == 3:
+            raise ValueError(
+                "zero_stage=3 is refused: ZeRO-3 partitions the parameters, so the fp32 EMA update and the "
+                "exact-resume weight checks would need a gather of every parameter on every step, and the "
+                "paper's ViT-B (86M) fits in memory many times over with stage 2; use zero_stage 1 or 2")
+        if self.zero_stage not in (1, 2):
+            raise ValueError(f"zero_stage={self.zero_stage}: use 1 or 2 (stage 0 has no NaN-gradient step skip "
+                             f"in DeepSpeed, which the loop relies on)")
+
+
+@dataclass
+class ObjectiveConfig:
+    """The objective variant: a row of the study by name, or terms listed directly."""
+
+    variant: str = field_doc("baseline", "Name in engine.objectives.registry.VARIANTS (e.g. fwm_hw_ld, ld, motion_guided).")
+    custom: Optional[dict] = field_doc(None, "Instead of `variant`: {name, terms: [{name, coeff, params}], mask_generator, disable_ema}.")
+
+    def __post_init__(self):
+        if self.custom is None and self.variant not in VARIANTS:
+            raise ValueError(f"variant={self.variant!r} is not registered; use one of {sorted(VARIANTS)}")
+
+    def spec(self):
+        """What engine.jepa.JEPA takes as its variant."""
+        return self.custom if self.custom is not None else self.variant
+
+
+@dataclass
+class Recipe:
+    """One pretraining run."""
+
+    run: RunConfig = field_doc(factory=RunConfig, doc="Run name, output folder and seed.")
+    model: ModelConfig = field_doc(factory=ModelConfig, doc="Encoder (engine.models.ModelConfig); `preset:` allowed.")
+    predictor: PredictorConfig = field_doc(factory=PredictorConfig, doc="Predictor (engine.models.PredictorConfig); `preset:` allowed.")
+    objective: ObjectiveConfig = field_doc(factory=lambda: ObjectiveConfig(), doc="Which variant of the study (engine.objectives registry).")
+    loss: JEPAConfig = field_doc(factory=JEPAConfig, doc="Context-loss schedule, EMA switch, paper_compat (engine.jepa.JEPAConfig).")
+    masking: Optional[MaskingConfig] = field_doc(None, "Mask generators (engine.masking); null = the variant's own.")
+    data: LoaderConfig = field_doc(factory=lambda: LoaderConfig(datasets=[DatasetSpec(root="data/shards/synth-ucf")]),
+                                   doc="Loader (engine.data.LoaderConfig); batch/rank/seed are set by the trainer.")
+    train: TrainConfig = field_doc(factory=TrainConfig, doc="Loop length, batch, logging, checkpoints.")
+    optim: OptimConfig = field_doc(factory=OptimConfig, doc="AdamW and its schedules.")
+    ema: EmaConfig = field_doc(factory=EmaConfig, doc="EMA target momentum.")
+    parallel: ParallelConfig = field_doc(factory=ParallelConfig, doc="ZeRO stage, precision, kernels.")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.out_dir) / self.run.name
+
+
+def _expand_presets(data: dict, origin: dict) -> None:
+    """`model: {preset: base, depth: 6}` -> the preset's fields under the explicit ones."""
+    for section, table in (("model", MODEL_PRESETS), ("predictor", PREDICTOR_PRESETS)):
+        node = data.get(section)
+        if not isinstance(node, dict) or "preset" not in node:
+            continue
+        name = str(node.pop("preset"))
+        where = origin.get(f"{section}.preset", "<recipe>")
+        if name not in table:
+            raise ConfigError(f"{where}: {section}.preset: unknown preset {name!r}; fix: use one of {sorted(table)}")
+        for key, value in table[name].items():
+            if key not in node:
+                node[key] = value
+                origin[f"{section}.{key}"] = where
+
+
+def _check_data_section(data: dict, origin: dict) -> None:
+    node = data.get("data")
+    if not isinstance(node, dict):
+        return
+    for key, owner in TRAINER_OWNED_DATA_KEYS.items():
+        if key in node:
+            raise ConfigError(f"{origin.get(f'data.{key}', '<recipe>')}: data.{key}: set by {owner}; fix: "
+                              f"remove it from the recipe")
+
+
+def _fill_data_geometry(data: dict, origin: dict) -> None:
+    """The clip geometry is the model's: data.crop_size / data.num_frames default to model.img_size /
+    model.num_frames and must agree with them when given."""
+    model = data.get("model") or {}
+    node = data.setdefault("data", {})
+    if not isinstance(node, dict):
+        return
+    for data_key, model_key, default in (("crop_size", "img_size", 224), ("num_frames", "num_frames", 16)):
+        model_value = model.get(model_key, default)
+        if data_key not in node:
+            node[data_key] = model_value
+            origin[f"data.{data_key}"] = origin.get(f"model.{model_key}", "<defaults>")
+        elif str(node[data_key]) != str(model_value):
+            raise ConfigError(f"{origin.get(f'data.{data_key}', '<recipe>')}: data.{data_key}={node[data_key]} differs "
+                              f"from model.{model_key}={model_value}; fix: set only model.{model_key}")
+
+
+def validate(recipe: Recipe, origin: dict[str, str], world_size: int | None = None) -> Recipe:
+    """Cross-section checks that need no heavy work: geometry, shards on disk, batch vs world size."""
+    def where(key: str) -> str:
+        probe = key
+        while probe and probe not in origin:
+            probe = probe.rpartition(".")[0]
+        return origin.get(probe, "<recipe>")
+
+    model = recipe.model
+    if model.img_size % model.patch_size:
+        raise ConfigError(f"{where('model.img_size')}: model.img_size={model.img_size} is not divisible by "
+                          f"model.patch_size={model.patch_size}; fix: use a crop that is a multiple of the patch")
+    if model.num_frames % model.tubelet_size:
+        raise ConfigError(f"{where('model.num_frames')}: model.num_frames={model.num_frames} is not divisible "
+                          f"by model.tubelet_size={model.tubelet_size}; fix: use a multiple of the tubelet")
+    for i, spec in enumerate(recipe.data.datasets):
+        root = Path(spec.root)
+        if not (root / "index.parquet").is_file():
+            raise ConfigError(f"{where(f'data.datasets')}: data.datasets[{i}].root={spec.root}: no index.parquet "
+                              f"there; fix: build the shards (python -m shards.build ... --out {spec.root}) or "
+                              f"correct the path")
+    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    per_step = recipe.train.micro_batch * world
+    if recipe.train.global_batch % per_step:
+        raise ConfigError(f"{where('train.global_batch')}: train.global_batch={recipe.train.global_batch} is not a "
+                          f"multiple of train.micro_batch x world size = {recipe.train.micro_batch} x {world}; fix: "
+                          f"change train.micro_batch or the number of processes")
+    try:
+        recipe.data.validate()
+    except ValueError as err:
+        raise ConfigError(f"{where('data')}: data.{err}; fix: correct the data section") from None
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, *, check_files: bool = True,
+                world_size: int | None = None) -> Recipe:
+    """Read, compose, type and validate a recipe; any problem is one ConfigError line."""
+    data, origin = load_yaml_tree(path)
+    apply_overrides(data, origin, list(overrides or []))
+    _expand_presets(data, origin)
+    _check_data_section(data, origin)
+    _fill_data_geometry(data, origin)
+    recipe = build_dataclass(Recipe, data, origin)
+    if check_files:
+        validate(recipe, origin, world_size)
+    return recipe
+
+
+def dump_recipe(recipe: Recipe, path: str | Path) -> None:
+    """Write the resolved recipe (every field, defaults included) as YAML; it loads back to an equal Recipe."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    plain = to_plain(recipe)
+    for key in TRAINER_OWNED_DATA_KEYS:  # set at run time, not part of the recipe
+        plain["data"].pop(key, None)
+    tmp.write_text(yaml.safe_dump(plain, sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Check a recipe and print it resolved, or list every key.")
+    parser.add_argument("recipe", nargs="?", help="recipe YAML")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--describe", action="store_true", help="list every key with its type, default and doc")
+    args = parser.parse_args(argv)
+    if args.describe or not args.recipe:
+        print("\n".join(describe(Recipe)))
+        return 0
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(yaml.safe_dump(to_plain(recipe), sort_keys=False), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""The resume journal of one split's build: `OUT/.building-<split>/`.
+
+The builder walks the split's samples in a fixed order and fills shards in that order, so the
+completed shards always cover a prefix of the sample list. After each shard is renamed into place the
+journal records it (its index rows in `rows-NNNNNN.json`, then `state.json` with the shard list, the
+rejects so far and the position of the first sample not yet in a completed shard). A rerun with the
+same arguments starts from that position with the next shard number; a shard that was being written
+when the build died is simply written again. Any other arguments (or a changed source listing) make
+the journal stale and the split starts over.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from shards.tarwriter import ClosedShard
+
+
+def _write_json_atomically(path: Path, payload) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
+    os.replace(temporary, path)
+
+
+class BuildState:
+    def __init__(self, folder: Path, fingerprint: dict):
+        self.folder, self.fingerprint = folder, fingerprint
+        self.shards: list[dict] = []       # {"name", "size", "sha256", "count"}
+        self.rejects: list[dict] = []      # {"source", "reason"}
+        self.next_position = 0
+
+    @classmethod
+    def open(cls, out: Path, split: str, fingerprint: dict) -> tuple[BuildState, str]:
+        """The journal to continue, and 'fresh', 'resumed' or 'restarted' (stale journal dropped)."""
+        folder = out / f".building-{split}"
+        state = cls(folder, fingerprint)
+        state_path = folder / "state.json"
+        if not state_path.is_file():
+            return state, "fresh"
+        try:
+            saved = json.loads(state_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            saved = {}
+        if saved.get("fingerprint") != fingerprint or not state._shards_intact(out, saved.get("shards", [])):
+            shutil.rmtree(folder)
+            return cls(folder, fingerprint), "restarted"
+        state.shards, state.rejects = saved["shards"], saved["rejects"]
+        state.next_position = saved["next_position"]
+        return state, "resumed"
+
+    @staticmethod
+    def _shards_intact(out: Path, shards: list[dict]) -> bool:
+        return all((out / shard["name"]).is_file() and (out / shard["name"]).stat().st_size == shard["size"]
+                   for shard in shards)
+
+    def commit(self, closed: ClosedShard | None, rejects: list[dict], next_position: int) -> None:
+        """Record a shard that is already renamed into place, plus the rejects before `next_position`."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if closed is not None:
+            _write_json_atomically(self.folder / f"rows-{len(self.shards):06d}.json", closed.rows)
+            self.shards.append({"name": closed.name, "size": closed.size, "sha256": closed.sha256,
+                                "count": closed.count})
+        self.rejects.extend(rejects)
+        self.next_position = next_position
+        _write_json_atomically(self.folder / "state.json", {
+            "fingerprint": self.fingerprint, "shards": self.shards, "rejects": self.rejects,
+            "next_position": next_position})
+
+    def rows(self) -> list[dict]:
+        rows: list[dict] = []
+        for number in range(len(self.shards)):
+            rows.extend(json.loads((self.folder / f"rows-{number:06d}.json").read_text(encoding="utf-8")))
+        return rows
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

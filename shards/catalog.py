@@ -1,0 +1,114 @@
+"""index.parquet and manifest.json of one OUT folder (docs/contracts.md section 1), merged one split at a time.
+
+Both files are replaced atomically (written beside, then renamed). Merging a split drops that split's
+old rows and entry and keeps every other split. Neither file holds timestamps or worker counts, so the
+same inputs and arguments give byte-identical files.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from shards.errors import LayoutError
+
+FORMAT_VERSION = 1
+INDEX_NAME, MANIFEST_NAME = "index.parquet", "manifest.json"
+
+INDEX_SCHEMA = pa.schema([
+    ("key", pa.string()),
+    ("split", pa.string()),
+    ("shard", pa.string()),
+    ("media_ext", pa.string()),
+    ("media_offset", pa.int64()),
+    ("media_size", pa.int64()),
+    ("json_offset", pa.int64()),
+    ("json_size", pa.int64()),
+    ("label", pa.int64()),
+    ("label_name", pa.string()),
+    ("dataset", pa.string()),
+    ("codec", pa.string()),
+    ("num_frames", pa.int32()),
+    ("fps", pa.float64()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("duration", pa.float64()),
+])
+
+
+def _replace_atomically(path: Path, write) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def read_index(out: Path) -> pa.Table | None:
+    path = out / INDEX_NAME
+    return pq.read_table(path, schema=INDEX_SCHEMA) if path.is_file() else None
+
+
+def read_manifest(out: Path) -> dict | None:
+    path = out / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise LayoutError(f"{path}: not valid JSON ({error}); delete it or build into a new --out") from None
+
+
+def merge_index(out: Path, split: str, rows: list[dict]) -> pa.Table:
+    """Replace `split`'s rows; rows are sorted by (split, shard, media_offset) as the contract says."""
+    kept = []
+    existing = read_index(out)
+    if existing is not None:
+        kept = [row for row in existing.to_pylist() if row["split"] != split]
+    merged = sorted(kept + rows, key=lambda row: (row["split"], row["shard"], row["media_offset"]))
+    table = pa.Table.from_pylist([{name: row[name] for name in INDEX_SCHEMA.names} for row in merged],
+                                 schema=INDEX_SCHEMA)
+    _replace_atomically(out / INDEX_NAME, lambda path: pq.write_table(table, path))
+    return table
+
+
+def merge_manifest(out: Path, dataset: str, classes: list[str], split: str, split_entry: dict,
+                   build_args: dict) -> dict:
+    manifest = read_manifest(out) or {}
+    splits = dict(manifest.get("splits", {}))
+    splits[split] = split_entry
+    merged = {
+        "dataset": dataset,
+        "classes": classes,
+        "splits": {name: splits[name] for name in sorted(splits)},
+        "build": build_args,
+        "format_version": FORMAT_VERSION,
+    }
+    text = json.dumps(merged, indent=2, ensure_ascii=False) + "\n"
+    _replace_atomically(out / MANIFEST_NAME, lambda path: path.write_text(text, encoding="utf-8"))
+    return merged
+
+
+def check_out_compatible(out: Path, dataset: str, classes: list[str]) -> dict | None:
+    """An OUT that already holds another dataset (or other classes) cannot take this build."""
+    manifest = read_manifest(out)
+    if manifest is None:
+        return None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise LayoutError(f"{out / MANIFEST_NAME}: format_version {manifest.get('format_version')!r}, "
+                          f"this builder writes {FORMAT_VERSION}; build into a new --out")
+    if manifest.get("dataset") != dataset or manifest.get("classes") != classes:
+        raise LayoutError(f"{out / MANIFEST_NAME}: holds dataset {manifest.get('dataset')!r} with "
+                          f"{len(manifest.get('classes', []))} classes, not {dataset!r} with {len(classes)}; "
+                          "build into a new --out")
+    return manifest
+
+
+def keys_of_other_splits(out: Path, split: str) -> set[str]:
+    existing = read_index(out)
+    if existing is None:
+        return set()
+    keys = existing.column("key").to_pylist()
+    splits = existing.column("split").to_pylist()
+    return {key for key, other in zip(keys, splits) if other != split}

@@ -1,0 +1,40 @@
+"""The `synth` source: generate the synth suite's raw trees, then build them with the real adapters.
+
+`shards.synth.generate_suite(RAW, scale, seed, workers)` writes RAW/synth-ucf (UCF-101 layout),
+RAW/synth-ssv2 (SSv2), RAW/synth-in (ImageNet-100) and RAW/synth-diving (Diving-48 V2), skipping parts
+that are already complete. Each part is then planned exactly like a user's real dataset, into
+OUT/<part> with dataset name <part>, every official split (UCF-101 split 1).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from shards.errors import LayoutError
+
+PART_SOURCES = {"synth-ucf": "ucf101", "synth-ssv2": "ssv2", "synth-in": "imagenet100", "synth-diving": "diving48"}
+
+
+def plan_synth(args: argparse.Namespace) -> list[tuple]:
+    from shards.build import plan_dataset
+
+    if args.split:
+        raise LayoutError("synth builds every official split of each part; drop --split")
+    try:
+        from shards.synth import generate_suite
+    except ImportError as error:
+        raise LayoutError(f"the synth generator (shards.synth) cannot be imported: {error}") from None
+    try:
+        roots = generate_suite(args.root, scale=args.scale, seed=args.seed, workers=args.workers)
+    except ValueError as error:  # the generator's own argument checks
+        raise LayoutError(f"synth generator: {error}") from None
+    part_args = argparse.Namespace(**{**vars(args), "ucf_split": 1, "class_list": None})
+    planned = []
+    for part, source in PART_SOURCES.items():
+        if part not in roots:
+            raise LayoutError(f"{args.root}: the synth generator returned no {part!r} part; expected "
+                              f"{', '.join(PART_SOURCES)}")
+        out = args.out / part
+        listing, splits, build_args = plan_dataset(source, Path(roots[part]), out, part, None, part_args)
+        planned.append((listing, splits, build_args, out))
+    return planned

@@ -1,0 +1,199 @@
+"""The DALI loader on the CPU (decode_device="cpu"): frames, sampling, images, resume, bad input, ranks."""
+from __future__ import annotations
+
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from data_fixtures import FixtureSpec, frame_index_from_blue, sample_key, write_dataset
+from engine.data import DatasetSpec, LoaderConfig, VideoLoader
+from engine.data.reference import reference_batch
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loader")
+    return {
+        "vid": write_dataset(root / "vid", FixtureSpec("vid", 8, num_frames=24, height=32, width=40,
+                                                       frames_per_sample=[24, 24, 24, 24, 9, 24, 24, 40])),
+        "img": write_dataset(root / "img", FixtureSpec("img", 6, images=True, height=36, width=28)),
+        "bad": write_dataset(root / "bad", FixtureSpec("bad", 6, num_frames=12,
+                                                       corrupt_keys=(sample_key("bad", 2),))),
+        "bad_img": write_dataset(root / "bad_img", FixtureSpec("bad_img", 6, images=True,
+                                                               corrupt_keys=(sample_key("bad_img", 4),))),
+        "root": root,
+    }
+
+
+def cpu_config(*specs, **overrides) -> LoaderConfig:
+    base = {"batch_size": 4, "num_frames": 6, "crop_size": 24, "decode_device": "cpu", "num_workers": 2,
+            "num_threads": 2}
+    return LoaderConfig(list(specs), **{**base, **overrides})
+
+
+def to_levels(video: torch.Tensor, cfg: LoaderConfig) -> torch.Tensor:
+    """Normalised [B, C, T, H, W] back to 0..255 levels."""
+    std = torch.tensor(cfg.std).view(1, 3, 1, 1, 1) * 255
+    mean = torch.tensor(cfg.mean).view(1, 3, 1, 1, 1) * 255
+    return video.float() * std + mean
+
+
+def test_dali_frames_match_pyav_reference(folders):
+    cfg = cpu_config(DatasetSpec(str(folders["vid"]), weight=0.5), DatasetSpec(str(folders["img"]), weight=0.5),
+                     samples_per_epoch=16)
+    loader = VideoLoader(cfg)
+    try:
+        for _ in range(3):
+            plan = loader.sampler.plan(loader.step)
+            batch = loader.next_batch()
+            reference = reference_batch(loader.sampler, plan)
+            assert batch["key"] == reference["key"]
+            assert batch["video"].shape == (4, 3, 6, 24, 24) and batch["video"].dtype == torch.float32
+            assert torch.equal(batch["label"], reference["label"])
+            error = (to_levels(batch["video"], cfg) - to_levels(reference["video"], cfg)).abs()
+            assert error.mean() < 2.0, error.mean()
+            assert error.flatten(1).mean(1).max() < 2.0   # every clip, not just on average
+    finally:
+        loader.close()
+
+
+def test_eval_sampling_covers_the_whole_video(folders):
+    # 40x32 frames: the centre 32x32 square at crop 32 is an identity resize, so DALI and PyAV must agree
+    # to well under a level, and the blue channel tells which frame each output frame is.
+    cfg = cpu_config(DatasetSpec(str(folders["vid"])), mode="eval", num_frames=8, batch_size=3, crop_size=32)
+    loader = VideoLoader(cfg)
+    try:
+        batches = []
+        for step in range(len(loader)):
+            plan = loader.sampler.plan(step)
+            batches.append((loader.next_batch(), reference_batch(loader.sampler, plan)))
+    finally:
+        loader.close()
+    assert len(batches) == len(loader) == 3  # 8 samples in batches of 3: last batch padded
+    seen = {}
+    for batch, reference in batches:
+        levels = to_levels(batch["video"], cfg)
+        assert (levels - to_levels(reference["video"], cfg)).abs().mean() < 0.5
+        for key, clip, valid in zip(batch["key"], levels, batch["valid"]):
+            if valid:
+                seen[key] = [frame_index_from_blue(float(clip[2, t].mean())) for t in range(clip.shape[1])]
+    assert len(seen) == 8
+    for key, frames in seen.items():
+        n = 9 if key == sample_key("vid", 4) else 40 if key == sample_key("vid", 7) else 24
+        assert frames[0] == 0 and frames[-1] == n - 1, (key, frames)
+        assert frames == np.round(np.linspace(0, n - 1, 8)).astype(int).tolist(), (key, frames)
+
+
+def test_images_become_static_clips(folders):
+    cfg = cpu_config(DatasetSpec(str(folders["img"])), samples_per_epoch=8, num_frames=5)
+    loader = VideoLoader(cfg)
+    try:
+        batch = loader.next_batch()
+    finally:
+        loader.close()
+    video = batch["video"]                                              # [B, C, T, H, W]
+    assert video.shape == (4, 3, 5, 24, 24)
+    assert torch.equal(video, video[:, :, :1].expand_as(video))
+    assert video.std() > 0.1                                            # real content, not a constant
+
+
+def test_resume_reproduces_the_next_200_keys_and_augmentations(folders):
+    cfg = cpu_config(DatasetSpec(str(folders["vid"]), weight=0.6), DatasetSpec(str(folders["img"]), weight=0.4),
+                     samples_per_epoch=40, num_frames=2, crop_size=8, infinite=True, seed=5)
+    first = VideoLoader(cfg)
+    stream = iter(first)
+    for _ in range(7):
+        next(stream)
+    state = first.state_dict()
+    expected = [next(stream) for _ in range(50)]     # 50 batches of 4 = 200 keys, across 5 epochs
+    first.close()
+
+    resumed = VideoLoader(cfg)
+    resumed.load_state_dict(state)
+    got = [next(iter(resumed)) for _ in range(50)]
+    resumed.close()
+    assert [k for b in got for k in b["key"]] == [k for b in expected for k in b["key"]]
+    for a, b in zip(got, expected):                  # identical frames, crops and flips => identical pixels
+        assert torch.equal(a["video"], b["video"]) and torch.equal(a["dataset_id"], b["dataset_id"])
+
+
+def test_corrupt_sample_is_skipped_counted_and_logged(folders, caplog):
+    cfg = cpu_config(DatasetSpec(str(folders["bad"])), DatasetSpec(str(folders["bad_img"])), samples_per_epoch=24,
+                     num_frames=3, crop_size=8)
+    loader = VideoLoader(cfg)
+    with caplog.at_level(logging.WARNING, logger="engine.data.loader"):
+        try:
+            batches = list(loader)
+            state = loader.state_dict()
+        finally:
+            loader.close()
+    bad = sorted([sample_key("bad", 2), sample_key("bad_img", 4)])
+    assert len(batches) == 6 and all(b["video"].shape[0] == 4 for b in batches)
+    keys = [k for b in batches for k in b["key"]]
+    assert not set(bad) & set(keys)
+    assert sorted(loader.skipped_keys) == bad and loader.substitutions >= 2
+    for key in bad:
+        assert any(key in record.getMessage() for record in caplog.records)
+    assert sorted(entry[2] for entry in state["skipped"]) == bad    # the skip set travels with the checkpoint
+
+
+def test_every_rank_gets_equal_batches_through_the_pipeline(folders):
+    per_rank = []
+    for rank in range(2):
+        cfg = cpu_config(DatasetSpec(str(folders["vid"])), mode="eval", batch_size=3, world_size=2, rank=rank,
+                         num_frames=2, crop_size=8, num_workers=0)
+        loader = VideoLoader(cfg)
+        try:
+            per_rank.append(list(loader))
+        finally:
+            loader.close()
+    assert len(per_rank[0]) == len(per_rank[1]) == 2
+    real = [k for batches in per_rank for b in batches for k, v in zip(b["key"], b["valid"]) if v]
+    assert sorted(real) == sorted(sample_key("vid", i) for i in range(8))
+
+
+def test_missing_or_non_tar_shard_is_a_one_line_error(folders, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(folders["bad"], broken)
+    (broken / "train-000000.tar").unlink()
+    with pytest.raises(FileNotFoundError, match="shard missing: .*train-000000.tar") as err:
+        VideoLoader(cpu_config(DatasetSpec(str(broken))))
+    assert "\n" not in str(err.value)
+    (broken / "train-000000.tar").write_bytes(b"not a tar" * 200)
+    with pytest.raises(ValueError, match="not a tar file: .*train-000000.tar"):
+        VideoLoader(cpu_config(DatasetSpec(str(broken))))
+
+
+def test_h264_shards_on_cpu_say_rebuild_as_vp9(tmp_path):
+    folder = write_dataset(tmp_path / "h264", FixtureSpec("h264", 1, num_frames=4, codec="h264"))
+    with pytest.raises(ValueError, match=r"rebuild the shards as VP9 .*--codec vp9.* or run on a GPU") as err:
+        VideoLoader(cpu_config(DatasetSpec(str(folder))))
+    assert "\n" not in str(err.value)
+
+
+def test_state_from_another_configuration_is_refused(folders):
+    loader = VideoLoader(cpu_config(DatasetSpec(str(folders["vid"])), samples_per_epoch=8))
+    state = loader.state_dict()
+    other = VideoLoader(cpu_config(DatasetSpec(str(folders["vid"])), samples_per_epoch=8, seed=1))
+    with pytest.raises(ValueError, match="seed was 0 when saved, is 1 now"):
+        other.load_state_dict(state)
+
+
+@pytest.mark.gpu
+def test_mixed_decode_matches_cpu_decode_and_stays_on_the_gpu(folders):
+    outputs = {}
+    for device in ("cpu", "mixed"):
+        cfg = cpu_config(DatasetSpec(str(folders["vid"]), weight=0.5), DatasetSpec(str(folders["img"]), weight=0.5),
+                         samples_per_epoch=16, decode_device=device)
+        loader = VideoLoader(cfg)
+        try:
+            outputs[device] = [loader.next_batch() for _ in range(2)]
+        finally:
+            loader.close()
+    for cpu_batch, gpu_batch in zip(outputs["cpu"], outputs["mixed"]):
+        assert gpu_batch["video"].is_cuda and cpu_batch["key"] == gpu_batch["key"]
+        error = (to_levels(gpu_batch["video"].cpu(), cfg) - to_levels(cpu_batch["video"], cfg)).abs()
+        assert error.mean() < 2.0, error.mean()

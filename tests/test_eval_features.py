@@ -1,0 +1,157 @@
+"""Frozen feature extraction: deterministic, cached once, clips x views laid out as documented, and
+benchmark splits checked for overlap. Uses the real DALI loader on a tiny contract-exact shard folder."""
+import json
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from data_fixtures import FixtureSpec, write_dataset
+from engine.eval.benchmarks import BENCHMARKS, check_splits_disjoint
+from engine.eval.clips import encoder_forward, eval_batches
+from engine.eval.features import ExtractionSpec, extract_to_cache, load_cache, split_clips_and_views
+from engine.models import VisionTransformer, model_preset
+
+TINY = model_preset("tiny", img_size=16, patch_size=8, num_frames=4, tubelet_size=2, embed_dim=24, depth=2, num_heads=4)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    torch.manual_seed(0)
+    return VisionTransformer(TINY).eval()
+
+
+def _synthetic_batches(count=5, batch=2, frames=4, side=16):
+    generator = torch.Generator().manual_seed(1)
+    for b in range(count):
+        yield {"video": torch.randn(batch, 3, frames, side, side, generator=generator),
+               "label": torch.arange(batch) + b, "key": [f"s{b}_{i}" for i in range(batch)]}
+
+
+def test_extraction_is_deterministic_and_cached_once(encoder, tmp_path):
+    spec = ExtractionSpec(num_frames=4, crop_size=16, chunk_size=3)
+    calls = []
+
+    def encode(video):
+        calls.append(video.shape[0])
+        return encoder.forward_eval(video)
+
+    request = {"encoder": "tiny"}
+    first = load_cache(extract_to_cache(encode, _synthetic_batches(), tmp_path / "a", spec, request))
+    second = load_cache(extract_to_cache(encode, _synthetic_batches(), tmp_path / "b", spec, request))
+    assert first.features.dtype == torch.float16 and first.features.shape == (10, 1, TINY.num_tokens, 24)
+    assert torch.equal(first.features, second.features) and first.keys == second.keys
+    assert len(list((tmp_path / "a").glob("chunk-*.safetensors"))) == 4  # chunks of 3 samples
+    calls.clear()
+    extract_to_cache(encode, _synthetic_batches(), tmp_path / "a", spec, request)
+    assert calls == []  # complete cache with the same request: not recomputed
+    extract_to_cache(encode, _synthetic_batches(), tmp_path / "a", spec, {"encoder": "other"})
+    assert sum(calls) == 10  # another encoder: recomputed
+
+
+def test_mean_pooling_and_duplicate_keys(encoder, tmp_path):
+    spec = ExtractionSpec(num_frames=4, crop_size=16, pooling="mean")
+    batches = list(_synthetic_batches(count=2))
+    batches.append(batches[-1])  # a padded last batch repeats samples: kept once
+    cached = load_cache(extract_to_cache(encoder.forward_eval, batches, tmp_path / "m", spec, {"encoder": "tiny"}))
+    assert cached.features.shape == (4, 1, 1, 24)
+    expected = encoder.forward_eval(batches[0]["video"]).mean(dim=1)  # [2, D]
+    torch.testing.assert_close(cached.features[:2, 0, 0].float(), expected, atol=2e-3, rtol=2e-3)
+
+
+def test_clips_and_views_layout():
+    spec = ExtractionSpec(num_frames=2, crop_size=4, num_clips=2, num_views=3)
+    assert spec.load_frames == 4 and spec.load_crop == 6  # 4 * 8 / 7 rounded up to even
+    video = torch.arange(4.0).view(1, 1, 4, 1, 1).expand(1, 1, 4, 6, 6).clone()  # frame index as value
+    video[..., :, :] += torch.arange(6.0).view(1, 1, 1, 1, 6) * 10  # column index in tens
+    clips = split_clips_and_views(video, spec)  # [B*V*S, C, T, crop, crop] in (view, clip) order
+    assert clips.shape == (6, 1, 2, 4, 4)
+    assert clips[0, 0, :, 0, 0].tolist() == [0.0, 1.0] and clips[1, 0, :, 0, 0].tolist() == [2.0, 3.0]
+    assert [clips[2 * v, 0, 0, 0, 0].item() for v in range(3)] == [0.0, 10.0, 20.0]  # left, centre, right
+
+
+@pytest.fixture(scope="module")
+def shard_folder(tmp_path_factory):
+    """A benchmark folder with disjoint train/test splits, merged as `shards.build` does."""
+    root = tmp_path_factory.mktemp("bench")
+    train = write_dataset(root / "tr", FixtureSpec("tr", 6, num_frames=10, height=24, width=32, split="train"))
+    test = write_dataset(root / "te", FixtureSpec("te", 3, num_frames=10, height=24, width=32, split="test"))
+    folder = root / "synth-diving"
+    folder.mkdir()
+    for part in (train, test):
+        for tar in part.glob("*.tar"):
+            shutil.copy(tar, folder / tar.name)
+    table = pa.concat_tables([pq.read_table(train / "index.parquet"), pq.read_table(test / "index.parquet")])
+    pq.write_table(table, folder / "index.parquet")
+    shutil.copy(train / "manifest.json", folder / "manifest.json")
+    return folder
+
+
+def test_real_loader_extraction_is_deterministic(encoder, shard_folder, tmp_path):
+    spec = ExtractionSpec(num_frames=4, crop_size=16)
+    device = torch.device("cpu")
+    caches = []
+    for name in ("one", "two"):
+        batches, total = eval_batches(shard_folder, "train", spec, batch_size=4)  # 6 samples: last batch padded
+        caches.append(load_cache(extract_to_cache(encoder_forward(encoder, device), batches, tmp_path / name, spec,
+                                                  {"encoder": "tiny"}, total)))
+    assert caches[0].keys == [f"tr_{i:05d}" for i in range(6)]  # every sample once, index order
+    assert torch.equal(caches[0].features, caches[1].features)
+    assert caches[0].labels.tolist() == [i % 3 for i in range(6)]
+
+
+def test_split_overlap_is_refused(shard_folder, tmp_path):
+    benchmark = BENCHMARKS["synth-diving"]
+    assert check_splits_disjoint(shard_folder, benchmark) == {"train": 6, "test": 3, "shared_keys": 0, "shared_sources": 0}
+    leaky = tmp_path / "leaky"
+    shutil.copytree(shard_folder, leaky)
+    table = pq.read_table(leaky / "index.parquet").to_pylist()
+    table[-1] = {**table[0], "split": "test"}  # a training sample listed in the test split too
+    pq.write_table(pa.Table.from_pylist(table, schema=pq.read_schema(leaky / "index.parquet")), leaky / "index.parquet")
+    with pytest.raises(ValueError, match="overlap"):
+        check_splits_disjoint(leaky, benchmark)
+
+
+def test_evaluate_encoder_reuses_results_and_caches(shard_folder, tmp_path):
+    """End to end on the real loader: split check, extraction, probe; a rerun touches no loader."""
+    from engine.eval.encoders import random_encoder
+    from engine.eval.evaluate import EvalConfig, evaluate_encoder
+
+    loader_calls = []
+
+    def counting_loader(folder, split, spec, batch_size):
+        loader_calls.append(split)
+        return eval_batches(folder, split, spec, batch_size=batch_size)
+
+    source = random_encoder("random_s0", TINY, seed=0)
+    config = EvalConfig(benchmarks=("synth-diving",), probe_epochs=2, probe_batch_size=4)
+    args = (source, config, shard_folder.parent, tmp_path / "cache", tmp_path / "evals")
+    stored = evaluate_encoder(*args, batch_source=counting_loader, device=torch.device("cpu"))
+    entry = stored["benchmarks"]["synth-diving"]
+    result = entry["probes"]["paper_attentive"]
+    assert loader_calls == ["train", "test"]
+    assert (result["num_train"], result["num_test"], result["num_classes"]) == (6, 3, 3)
+    assert 0.0 <= result["heads"][0]["top1"] <= 100.0 and entry["split_check"]["shared_keys"] == 0
+    assert evaluate_encoder(*args, batch_source=counting_loader) == stored  # stored result reused
+    (tmp_path / "evals" / "random_s0.json").unlink()
+    again = evaluate_encoder(*args, batch_source=counting_loader, device=torch.device("cpu"))
+    assert loader_calls == ["train", "test"]  # features came from the cache
+    assert again["benchmarks"]["synth-diving"]["probes"]["paper_attentive"]["heads"] == result["heads"]
+
+
+def test_multi_clip_multi_view_evaluation(shard_folder, tmp_path):
+    """2 clips x 2 views through the real loader: tokens of both clips per view, views kept apart."""
+    from engine.eval.encoders import random_encoder
+    from engine.eval.evaluate import EvalConfig, evaluate_encoder
+
+    config = EvalConfig(benchmarks=("synth-diving",), probe_epochs=1, probe_batch_size=4, num_clips=2, num_views=2)
+    stored = evaluate_encoder(random_encoder("mv", TINY, seed=0), config, shard_folder.parent, tmp_path / "cache",
+                              tmp_path / "evals", device=torch.device("cpu"))
+    assert stored["benchmarks"]["synth-diving"]["extraction"]["num_views"] == 2
+    (train_cache,) = [p for p in (tmp_path / "cache").rglob("train-tokens-2x2")]
+    cached = load_cache(train_cache)
+    assert cached.features.shape == (6, 2, 2 * TINY.num_tokens, 24)  # [n, V, S*N, D]
+    assert not torch.equal(cached.features[:, 0], cached.features[:, 1])  # left and right crops differ

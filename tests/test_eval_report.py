@@ -1,0 +1,72 @@
+"""The report's Δ and 95% interval against a hand computation on a small fixture of results."""
+import math
+
+import pytest
+
+from engine.eval.report import write_report
+from engine.eval.results import baseline_deltas, read_csv, regime_deltas, write_csv
+from engine.eval.stats import paired_delta
+
+# Fixture: synth-ucf top-1 of two variants over three seeds in both regimes.
+SINGLE = {"baseline": {0: 50.0, 1: 52.0, 2: 47.0}, "hw": {0: 49.0, 1: 51.0, 2: 48.0}}
+MIXED = {"baseline": {0: 53.0, 1: 52.5, 2: 50.0}, "hw": {0: 49.0, 1: 51.0, 2: 48.0}}
+
+
+def _row(variant, regime, seed, benchmark, probe, top1, axis, headline=True, kind="trained"):
+    return {"encoder": f"{variant}_{regime}_{seed}", "kind": kind, "variant": variant, "regime": regime, "seed": seed,
+            "benchmark": benchmark, "mirrors": benchmark, "axis": axis, "probe": probe, "headline": headline,
+            "top1": top1, "top5": min(100.0, top1 + 20), "best_top1": top1 + 1.0, "best_top5": 100.0, "best_lr": 1e-3,
+            "best_wd": 0.01, "heads": 1, "epochs": 5, "num_train": 100, "num_test": 40, "num_classes": 20,
+            "chance": 5.0, "trained_encoder": "target_encoder"}
+
+
+def _rows():
+    rows = []
+    for regime, table in (("ucf", SINGLE), ("mixed", MIXED)):
+        for variant, seeds in table.items():
+            for seed, top1 in seeds.items():
+                rows.append(_row(variant, regime, seed, "synth-ucf", "paper_attentive", top1, "question"))
+                rows.append(_row(variant, regime, seed, "synth-in", "linear", top1 / 2, "appearance"))
+                rows.append(_row(variant, regime, seed, "synth-diving", "paper_attentive", top1 / 3, "motion"))
+    for seed in range(3):
+        rows.append(_row("random_init", "", seed, "synth-ucf", "paper_attentive", 10.0 + seed, "question", kind="random"))
+    return rows
+
+
+def test_paired_delta_matches_hand_computation():
+    # Differences 3, 0.5, 3: mean 13/6, sample sd sqrt(25/12), standard error 5/6, t(0.975, 2) = 4.302653.
+    delta = paired_delta(SINGLE["baseline"], MIXED["baseline"])
+    half = 4.302653 * 5 / 6
+    assert delta.mean == pytest.approx(13 / 6)
+    assert delta.std == pytest.approx(math.sqrt(25 / 12))
+    assert delta.low == pytest.approx(13 / 6 - half, abs=1e-5)
+    assert delta.high == pytest.approx(13 / 6 + half, abs=1e-5)
+    assert not delta.excludes_zero()
+    # Only shared seeds pair; one pair has no interval.
+    lone = paired_delta({0: 1.0, 1: 2.0}, {1: 5.0})
+    assert lone.num_pairs == 1 and lone.mean == 3.0 and math.isnan(lone.low)
+
+
+def test_report_numbers_and_files(tmp_path):
+    rows = _rows()
+    write_csv(rows, tmp_path / "results.csv")
+    rows = read_csv(tmp_path / "results.csv")  # the report is built from what the CSV holds
+    deltas = {d.variant: d.delta for d in regime_deltas(rows)}
+    assert list(deltas) == ["baseline", "hw"]
+    assert deltas["baseline"].mean == pytest.approx(13 / 6)
+    assert deltas["hw"].mean == 0.0 and deltas["hw"].std == 0.0  # identical regimes: a zero-width interval
+    # hw - baseline in the UCF-only regime: -1, -1, +1.
+    versus = baseline_deltas(rows, "ucf")["hw"]
+    assert versus.mean == pytest.approx(-1 / 3)
+    record = {"command": "python -m engine.eval.study ...", "scale": "demo", "commit": "abc123", "seeds": [0, 1, 2],
+              "machine": {"summary": "test machine"}, "wall_seconds": {"total": 90.0, "train": 60.0, "eval": 30.0},
+              "runs": [], "benchmarks": {}, "eval_config": {}, "notes": ["tiny fixture"]}
+    report = write_report(rows, record, tmp_path)
+    text = report.read_text()
+    assert "| baseline | 49.67 ± 2.52 | 51.83 ± 1.61 | +2.17 | [-1.42, +5.75] | 3 | no clear effect |" in text
+    assert "| hw | 49.33 ± 1.53 | 49.33 ± 1.53 | +0.00 | [+0.00, +0.00] | 3 |" in text
+    assert "random init (reference) | 11.00 ± 1.00" in text
+    assert "t-interval of paired same-seed differences" in text
+    assert "abc123" in text and "test machine" in text
+    for png in ("delta_ucf.png", "tradeoff.png"):
+        assert (tmp_path / png).stat().st_size > 1000
