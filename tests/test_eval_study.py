@@ -81,3 +81,20 @@ def test_command_line_builds_the_documented_study():
     assert config.seeds == [0, 1, 2] and len(config.variants) == 7 and config.out == Path("study/demo")
     assert config.evaluation.benchmarks == ("synth-ucf", "synth-diving", "synth-ssv2", "synth-in")
     assert all((Path("recipes/demo") / f"{r}_{v}.yaml").exists() for v in config.variants for r in config.regimes)
+
+
+def test_a_failing_run_is_reported_and_the_rest_go_on(config):
+    trainer = CountingTrainer()
+
+    def flaky(plan):
+        if plan.name == "demo_ucf_hw_s0":
+            raise RuntimeError("training demo_ucf_hw_s0 failed (exit 1); see logs/demo_ucf_hw_s0.log")
+        trainer(plan)
+
+    report = run_study(config, train_fn=flaky, evaluate_fn=fake_evaluate)
+    assert len(trainer.calls) == 7
+    rows = read_csv(config.out / "results.csv")
+    assert "demo_ucf_hw_s0" not in {r["encoder"] for r in rows} and len(rows) == 7 + 2
+    assert "demo_ucf_hw_s0: RuntimeError: training demo_ucf_hw_s0 failed" in report.read_text()
+    run_study(config, train_fn=trainer, evaluate_fn=fake_evaluate)  # the rerun retries only the failed run
+    assert trainer.calls[7:] == ["demo_ucf_hw_s0"]

@@ -1,8 +1,11 @@
-"""The DALI graph: member bytes from parallel Python workers -> decode -> crop/flip/resize -> normalise.
+"""The DALI graph: member bytes from parallel Python workers -> decode -> crop/flip/resize.
 
 One graph for both decode devices. With `decode_device="mixed"` the decoders run on NVDEC/nvJPEG and
 everything after them on the GPU, so the batch reaches PyTorch as CUDA memory; with `"cpu"` the same
-operators run on the CPU (DALI decodes VP9/VP8/MJPEG there).
+operators run on the CPU (DALI decodes VP9/VP8/MJPEG there). The graph ends with uint8 [T, S, S, 3]
+clips; the loader normalises them into the batch layout in PyTorch on the same device
+(`engine.data.loader.normalise_clips`): on the CPU that pass is cheaper than DALI's
+crop_mirror_normalize and it moves a quarter of the bytes out of DALI (benchmarks/results/loader-cpu.md).
 
 Per-sample decisions (frames, crop box, flip) come from the sampler through `external_source`, so the
 graph holds no RNG and a pipeline rebuilt at step s produces exactly the batches of an unbroken run.
@@ -80,8 +83,7 @@ def _image_branch(encoded, roi_start, roi_end, decode_device: str, size: int, nu
 
 
 @pipeline_def(enable_conditionals=True)
-def _clip_graph(source, decode_device, size, num_frames, has_videos, has_images, parallel, prefetch, out_dtype,
-                mean, std):
+def _clip_graph(source, decode_device, size, num_frames, has_videos, has_images, parallel, prefetch):
     encoded, frames, roi_start, roi_end, is_image, meta = fn.external_source(
         source, num_outputs=6, batch=True, batch_info=True, parallel=parallel,
         prefetch_queue_depth=prefetch if parallel else None,
@@ -95,9 +97,7 @@ def _clip_graph(source, decode_device, size, num_frames, has_videos, has_images,
         clip = _image_branch(encoded, roi_start, roi_end, decode_device, size, num_frames)
     else:
         clip = _video_branch(encoded, frames, roi_start, roi_end, decode_device, size)
-    # [T, S, S, 3] uint8 -> [3, T, S, S] normalised, the batch layout [B, C, T, H, W] of the contract.
-    video = fn.crop_mirror_normalize(clip, dtype=out_dtype, output_layout="CFHW", mean=mean, std=std)
-    return video, meta
+    return clip, meta                                                                # [T, S, S, 3] uint8
 
 
 def build_pipeline(sampler: ClipSampler, first_step: int, decode_device: str, device_id: int | None,
@@ -120,9 +120,7 @@ def build_pipeline(sampler: ClipSampler, first_step: int, decode_device: str, de
 def _build_clip_graph(source, decode_device, device_id, has_videos, has_images, parallel):
     cfg = source.sampler.cfg
     pipe = _clip_graph(
-        source, decode_device, cfg.crop_size, cfg.num_frames, has_videos, has_images,
-        parallel, cfg.prefetch, types.FLOAT16 if cfg.dtype == "float16" else types.FLOAT,
-        [255.0 * m for m in cfg.mean], [255.0 * s for s in cfg.std],
+        source, decode_device, cfg.crop_size, cfg.num_frames, has_videos, has_images, parallel, cfg.prefetch,
         batch_size=cfg.batch_size, num_threads=cfg.num_threads,
         device_id=device_id if decode_device == "mixed" else None,
         prefetch_queue_depth=cfg.prefetch, seed=cfg.seed,

@@ -125,6 +125,7 @@ def _runs_section(record: dict) -> list[str]:
     lines = ["## Runs, recipes and commits", "",
              "| run | variant | regime | seed | trained encoder | recipe (resolved copy) | trained at commit | train time |",
              "|---|---|---|---|---|---|---|---|"]
+    failed = [run for run in record.get("runs", []) if run.get("failed")]
     for run in record.get("runs", []):
         seconds = run.get("train_seconds")
         lines.append(f"| {run['name']} | {run['variant']} | {run['regime']} | {run['seed']} | "
@@ -134,6 +135,9 @@ def _runs_section(record: dict) -> list[str]:
     lines += ["", f"Training command per run: `python -m engine.train --recipe <recipe> --set run.name=<run> "
               f"--set run.seed=<seed> --set run.out_dir={record.get('runs_dir')}"
               + "".join(f" --set {o}" for o in overrides) + " --resume auto`.", ""]
+    if failed:
+        lines += ["**Runs that failed (not in the tables above; rerun the command to retry them):**", ""]
+        lines += [f"- {run['name']}: {run['failed']}" for run in failed] + [""]
     return lines
 
 

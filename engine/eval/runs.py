@@ -111,15 +111,25 @@ def _has_cuda() -> bool:
 TrainFn = Callable[[RunPlan], None]
 
 
-def train_missing(plans: list[RunPlan], train_fn: TrainFn) -> dict[str, float]:
-    """Train every unfinished run (in plan order); returns {run name: seconds} of the runs trained now."""
+def train_missing(plans: list[RunPlan], train_fn: TrainFn) -> tuple[dict[str, float], dict[str, str]]:
+    """Train every unfinished run (in plan order).
+
+    Returns ({run name: seconds} of the runs trained now, {run name: error} of the runs that failed). A
+    failing run does not stop the others: the study reports it and a rerun retries it.
+    """
     missing = [p for p in plans if not p.finished]
     seconds: dict[str, float] = {}
+    failures: dict[str, str] = {}
     for plan in tqdm(missing, desc="pretraining", unit="run"):
         started = time.perf_counter()
-        train_fn(plan)
+        try:
+            train_fn(plan)
+        except Exception as error:  # noqa: BLE001 - any failure of one run is reported, the rest go on
+            failures[plan.name] = f"{type(error).__name__}: {error}"
+            tqdm.write(f"run {plan.name} failed: {failures[plan.name]}")
+            continue
         seconds[plan.name] = time.perf_counter() - started
         if not plan.finished:
-            raise RuntimeError(f"{plan.export_path}: training returned but wrote no export; "
-                               f"check train.export_at_end in {plan.recipe}")
-    return seconds
+            failures[plan.name] = (f"{plan.export_path}: training returned but wrote no export; "
+                                   f"check train.export_at_end in {plan.recipe}")
+    return seconds, failures

@@ -150,14 +150,16 @@ def run_study(config: StudyConfig, train_fn: TrainFn | None = None, evaluate_fn:
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
 
     train_started = time.perf_counter()
-    trained_now = train_missing(plans, train_fn or partial(train_with_entry_point, log_dir=out / "logs"))
+    trained_now, failures = train_missing(plans, train_fn or partial(train_with_entry_point, log_dir=out / "logs"))
     train_seconds = time.perf_counter() - train_started
 
     eval_started = time.perf_counter()
     encoders: list[tuple[EncoderInfo, EncoderSource]] = [
-        (EncoderInfo(p.name, "trained", p.variant, p.regime, p.seed), run_encoder(p.name, p.run_dir)) for p in plans]
-    if config.random_init and plans:
-        model_config = export_model_config(plans[0].export_path)
+        (EncoderInfo(p.name, "trained", p.variant, p.regime, p.seed), run_encoder(p.name, p.run_dir))
+        for p in plans if p.finished]
+    finished = [p for p in plans if p.finished]
+    if config.random_init and finished:
+        model_config = export_model_config(finished[0].export_path)
         for seed in config.seeds:
             name = f"{config.prefix}_random_init_s{seed}"
             encoders.append((EncoderInfo(name, "random", RANDOM_VARIANT, "", seed), random_encoder(name, model_config, seed)))
@@ -178,6 +180,7 @@ def run_study(config: StudyConfig, train_fn: TrainFn | None = None, evaluate_fn:
     trained_encoders = {r["encoder"]: r["trained_encoder"] for r in rows}
     for run in runs:
         run["trained_encoder"] = trained_encoders.get(run["name"], run.get("trained_encoder", ""))
+        run["failed"] = failures.get(run["name"], "")
     record = {
         "command": config.command, "scale": config.scale, "commit": commit, "dirty": dirty,
         "machine": machine_summary(), "seeds": config.seeds, "variants": config.variants, "regimes": config.regimes,
@@ -255,7 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     report = run_study(config)
     print(f"report: {report}")
-    return 0
+    failed = [r for r in json.loads((config.out / "study.json").read_text())["runs"] if r.get("failed")]
+    for run in failed:
+        print(f"failed: {run['name']}: {run['failed']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
