@@ -28,7 +28,7 @@ demo: shards
 		--shards $(DATA)/shards --out runs/demo_mixed_fwm/eval --probe-epochs 20
 
 test: install
-	DS_ACCELERATOR=cpu $(PY) -m pytest -q
+	$(PY) -m pytest -q
 
 clean-demo:
 	rm -rf $(DATA)/raw $(DATA)/shards

@@ -150,6 +150,13 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(temporary, path)
 
 
+def limit_cpu_threads() -> None:
+    """On a CPU-only machine leave one core to DALI's decode threads, as engine/train.py does: an OpenMP
+    team competing with them for 2 busy cores made a probe epoch ~25x slower (issue 7 measurements)."""
+    if not torch.cuda.is_available():
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Frozen-probe evaluation of one exported encoder.")
     parser.add_argument("export", help="runs/<run>/encoder.safetensors")
@@ -158,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="eval_out", help="results and feature cache folder")
     parser.add_argument("--probe-epochs", type=int, default=None, help="epochs of every probe (default: the paper's)")
     args = parser.parse_args(argv)
+    limit_cpu_threads()
     names = tuple(b.name for b in resolve_benchmarks(args.benchmarks))
     source = EncoderSource(name=Path(args.export).parent.name, kind="run", path=args.export)
     config = EvalConfig(benchmarks=names, probe_epochs=args.probe_epochs)
