@@ -30,3 +30,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The tests use tiny tensors, which gain nothing from intra-op threads; on a shared 2-core machine the
+    threads' barriers made them 10-50x slower. Subprocesses (training runs) choose their own."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

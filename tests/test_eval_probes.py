@@ -9,14 +9,6 @@ from engine.eval.probes import ProbeArch, average_view_probabilities, build_prob
 NUM_CLASSES, WIDTH, TOKENS = 4, 16, 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on a shared 2-core machine run faster on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _separable(n_per_class: int, seed: int, shuffle_labels: bool = False) -> CachedFeatures:
     """Each class owns one direction of feature space; tokens are noisy copies of it, every other token

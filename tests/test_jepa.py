@@ -15,14 +15,6 @@ STEP = 5
 HW_LD_VARIANTS = ("hw_ld", "fwm_hw_ld")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only spin against each other (50x slower on a busy 2-core box)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def tiny_parts(seed: int = 0):
     torch.manual_seed(seed)

@@ -14,15 +14,6 @@ from engine.masking import (
 )
 from engine.masking.blocks import token_coordinates
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine the threads' barriers
-    make these tests 10-20x slower; restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 GRID = (8, 8, 8)  # 16 frames x 64 x 64 px, tubelet 2, patch 8: the CPU demo geometry
 N = math.prod(GRID)

@@ -22,15 +22,6 @@ from engine.models import (
 )
 from engine.models import attention as attention_module
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine the threads' barriers
-    make these tests 10-20x slower; restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 POSITIONS = ["rope", "sincos"]
 

@@ -29,14 +29,6 @@ from engine.objectives.spectral import spectral_loss
 from engine.objectives.velgate import background_gate, gated_velocity_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only spin against each other (50x slower on a busy 2-core box)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def full_view(student: torch.Tensor, grid, target: torch.Tensor | None = None) -> MaskView:
     """A mask view whose context is the whole grid (every pair valid); student [B, N, D]."""
