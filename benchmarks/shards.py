@@ -94,11 +94,14 @@ def write_markdown(path: Path, result: dict, table: str) -> None:
     machine = result["machine"]
     generation = ("The raw trees were reused from an earlier run." if result["raw_reused"] else
                   f"Raw generation took {result['generation_seconds']:.1f} s and is not counted.")
+    busy = max(result['load_average_before'][0], result['load_average_after'][0]) > 0.5 * machine['cores']
+    load_note = ("other jobs shared the machine, so these are lower bounds" if busy
+                 else "the machine was otherwise idle")
     text = f"""# Shard build throughput (`benchmarks/shards.py`)
 
 Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, no GPU; Python {machine['python']},
 PyAV {machine['pyav']}. Load average while measuring: {result['load_average_before']} -> {result['load_average_after']}
-(other jobs shared the machine, so these are lower bounds).
+({load_note}).
 
 Synth suite scale `{result['scale']}`, seed {result['seed']}, {result['workers']} workers, default canonical clip
 (VP9 in MP4, realtime cpu-used 8, crf 30, keyframe every 16 frames; images kept as JPEG). {generation} Each part is built from scratch; seconds include worker start-up
