@@ -153,3 +153,17 @@ def write_dataset(out_dir: Path, spec: FixtureSpec) -> Path:
                 "build": {"fixture": True}, "format_version": 1}
     (out_dir / "manifest.json").write_text(json.dumps(manifest))
     return out_dir
+
+
+def epoch_with_reference(cfg) -> list[tuple[dict, dict]]:
+    """Every batch of one epoch of a fresh VideoLoader(cfg), each beside the PyAV reference batch decoded
+    from the same plan (sample, frames, crop, flip)."""
+    from engine.data import VideoLoader
+    from engine.data.reference import reference_batch
+
+    loader = VideoLoader(cfg)
+    try:
+        return [(loader.next_batch(), reference_batch(loader.sampler, loader.sampler.plan(step)))
+                for step in range(len(loader))]
+    finally:
+        loader.close()

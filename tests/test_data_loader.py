@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_fixtures import FixtureSpec, frame_index_from_blue, sample_key, write_dataset
+from data_fixtures import FixtureSpec, epoch_with_reference, frame_index_from_blue, sample_key, write_dataset
 from engine.data import DatasetSpec, LoaderConfig, VideoLoader
 from engine.data.reference import reference_batch
 
@@ -64,15 +64,8 @@ def test_eval_sampling_covers_the_whole_video(folders):
     # 40x32 frames: the centre 32x32 square at crop 32 is an identity resize, so DALI and PyAV must agree
     # to well under a level, and the blue channel tells which frame each output frame is.
     cfg = cpu_config(DatasetSpec(str(folders["vid"])), mode="eval", num_frames=8, batch_size=3, crop_size=32)
-    loader = VideoLoader(cfg)
-    try:
-        batches = []
-        for step in range(len(loader)):
-            plan = loader.sampler.plan(step)
-            batches.append((loader.next_batch(), reference_batch(loader.sampler, plan)))
-    finally:
-        loader.close()
-    assert len(batches) == len(loader) == 3  # 8 samples in batches of 3: last batch padded
+    batches = epoch_with_reference(cfg)
+    assert len(batches) == 3  # 8 samples in batches of 3: last batch padded
     seen = {}
     for batch, reference in batches:
         levels = to_levels(batch["video"], cfg)

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_fixtures import encode_jpeg, encode_video, synthetic_frames
-from engine.data import DatasetSpec, LoaderConfig, VideoLoader
-from engine.data.reference import reference_batch
+from data_fixtures import encode_jpeg, encode_video, epoch_with_reference, synthetic_frames
+from engine.data import DatasetSpec, LoaderConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,14 +34,7 @@ def built_folder(tmp_path_factory) -> Path:
 def test_loader_reads_builder_output_and_matches_reference(built_folder):
     cfg = LoaderConfig([DatasetSpec(str(built_folder))], mode="eval", batch_size=4, num_frames=8, crop_size=24,
                        decode_device="cpu", num_workers=2)
-    loader = VideoLoader(cfg)
-    try:
-        batches = []
-        for step in range(len(loader)):
-            plan = loader.sampler.plan(step)
-            batches.append((loader.next_batch(), reference_batch(loader.sampler, plan)))
-    finally:
-        loader.close()
+    batches = epoch_with_reference(cfg)
     keys = [k for b, _ in batches for k, v in zip(b["key"], b["valid"]) if v]
     assert len(keys) == 6 and len(set(keys)) == 6
     std = torch.tensor(cfg.std).view(1, 3, 1, 1, 1) * 255

@@ -43,6 +43,18 @@ def read_json(path: Path, expected: str) -> Any:
         raise LayoutError(f"{path}: not valid JSON ({error}); expected {expected}") from None
 
 
+def read_entry_list(path: Path, required: tuple[str, ...], expected: str) -> list[dict]:
+    """A JSON list of objects that each hold the `required` keys (SSv2 and Diving-48 split files)."""
+    entries = read_json(path, expected)
+    if not isinstance(entries, list):
+        raise LayoutError(f"{path}: expected {expected}")
+    for position, entry in enumerate(entries):
+        if not isinstance(entry, dict) or any(key not in entry for key in required):
+            keys = " or ".join(repr(key) for key in required)
+            raise LayoutError(f"{path}: entry {position} lacks {keys}; expected {expected}")
+    return entries
+
+
 def read_lines(path: Path, expected: str) -> list[tuple[int, str]]:
     """(line number, stripped text) of the non-empty lines; CRLF files (as UCF-101 ships them) work."""
     require_file(path, expected)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from shards.errors import LayoutError
 from shards.items import SourceListing, deduplicate_keys, make_item, select_splits
-from shards.sources._layout import AdapterOptions, read_json, require_dir, require_root
+from shards.sources._layout import AdapterOptions, read_entry_list, read_json, require_dir, require_root
 
 DATASET = "diving48"
 SPLITS = {"train": "train", "test": "test"}
@@ -41,13 +41,8 @@ def scan(root: Path, splits: list[str] | None, options: AdapterOptions) -> Sourc
     expected = 'a JSON list of {"vid_name", "label", "start_frame", "end_frame"}'
     for split in select_splits(splits, SPLITS, DATASET):
         split_path = root / SPLIT_FILES[split]
-        entries = read_json(split_path, expected)
-        if not isinstance(entries, list):
-            raise LayoutError(f"{split_path}: expected {expected}")
         items = []
-        for position, entry in enumerate(entries):
-            if not isinstance(entry, dict) or "vid_name" not in entry or "label" not in entry:
-                raise LayoutError(f"{split_path}: entry {position} lacks 'vid_name' or 'label'; expected {expected}")
+        for entry in read_entry_list(split_path, ("vid_name", "label"), expected):
             label = entry["label"]
             if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(classes):
                 raise LayoutError(f"{split_path}: entry {entry['vid_name']!r}: label {label!r} is not an index "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from shards.errors import LayoutError
 from shards.items import SourceListing, deduplicate_keys, make_item, select_splits
-from shards.sources._layout import AdapterOptions, read_json, require_dir, require_root
+from shards.sources._layout import AdapterOptions, read_entry_list, read_json, require_dir, require_root
 
 DATASET = "ssv2"
 SPLITS = {"train": "train", "val": "val", "validation": "val"}
@@ -50,13 +50,8 @@ def scan(root: Path, splits: list[str] | None, options: AdapterOptions) -> Sourc
     expected = 'a JSON list of {"id", "label", "template", "placeholders"}'
     for split in select_splits(splits, SPLITS, DATASET):
         split_path = labels_dir / SPLIT_FILES[split]
-        entries = read_json(split_path, expected)
-        if not isinstance(entries, list):
-            raise LayoutError(f"{split_path}: expected {expected}")
         items = []
-        for position, entry in enumerate(entries):
-            if not isinstance(entry, dict) or "id" not in entry or "template" not in entry:
-                raise LayoutError(f"{split_path}: entry {position} lacks 'id' or 'template'; expected {expected}")
+        for entry in read_entry_list(split_path, ("id", "template"), expected):
             name = template_to_class(str(entry["template"]))
             if name not in label_of:
                 raise LayoutError(f"{split_path}: entry id {entry['id']}: template {entry['template']!r} "
