@@ -48,7 +48,8 @@ def make_config(args, device: str) -> LoaderConfig:
     specs = [DatasetSpec(str(Path(args.shards) / name), weight=w, frame_step=args.frame_step) for name, w in PAPER_MIX]
     return LoaderConfig(specs, batch_size=args.batch_size, num_frames=args.frames, crop_size=args.crop,
                         decode_device=device, num_workers=args.workers, num_threads=args.threads,
-                        infinite=True, seed=args.seed)
+                        infinite=True, seed=args.seed,
+                        resize_backend="auto" if device == "mixed" else args.resize_backend)
 
 
 class LoaderRun:
@@ -197,7 +198,8 @@ class MemorySource(SampleSource):
 
 
 class GraphOnlyRun:
-    """(d): the loader's DALI graph (decode + crop/flip/resize) and its normalisation into the batch tensor,
+    """(d): the loader's DALI graph (decode + crop/flip/resize in DALI or PyTorch, as the loader does it) and
+    its normalisation into the batch tensor,
     without tar reads or workers; (d)/(c) is the cost of augmentation, (a)/(d) the cost of reading."""
 
     def __init__(self, loader: VideoLoader, steps: list[int], device: str):
@@ -212,12 +214,14 @@ class GraphOnlyRun:
                 index = sampler.indexes[d]
                 path, offset = index.shard_paths[index.shard_id[r]], int(index.media_offset[r])
                 members[(path, offset)] = np.frombuffer(read_member(path, offset, int(index.media_size[r])), np.uint8)
-        self.pipe = build_pipeline(graph_sampler, 0, device, 0, source=MemorySource(graph_sampler, 0, members))
+        self.pipe = build_pipeline(graph_sampler, 0, device, 0, source=MemorySource(graph_sampler, 0, members),
+                                   resize=loader.resize_in_graph)
         self.drain = cfg.prefetch + 1
         self.sync = torch.cuda.synchronize if device == "mixed" else (lambda: None)
 
     def next_batch(self):
-        return self.loader.normalise(self.pipe.run()[0])
+        video_list, meta_list = self.pipe.run()
+        return self.loader.normalise(video_list, np.array(meta_list.as_tensor()))
 
     def close(self):
         self.pipe._shutdown()
@@ -238,8 +242,8 @@ def write_markdown(path: Path, report: dict) -> None:
              "other jobs shared the cores; rounds are interleaved so that they affect every loader alike.", "",
              f"Demo synth shards, mix {report['mix_weights']}, B={report['batch_size']}, T={report['frames']}, "
              f"crop {report['crop']}, frame step {report['frame_step']}, {report['workers']} workers, "
-             f"{report['threads']} DALI threads; best of {report['rounds']} interleaved rounds of "
-             f"{report['batches']} batches "
+             f"{report['threads']} DALI threads, CPU resize backend {report['resize_backend']}; "
+             f"best of {report['rounds']} interleaved rounds of {report['batches']} batches "
              f"(median round in the JSON).",
              "", "| device | loader | clips/s | frames/s |", "|---|---|---|---|"]
     for device, run in report["runs"].items():
@@ -265,6 +269,8 @@ def main(argv=None) -> int:
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resize-backend", default="auto", choices=["auto", "dali", "torch"],
+                        help="the CPU path's crop/flip/resize (LoaderConfig.resize_backend); mixed always uses auto")
     parser.add_argument("--batches", type=int, default=20, help="timed batches per round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best round is reported")
     parser.add_argument("--seed", type=int, default=0)
@@ -275,6 +281,7 @@ def main(argv=None) -> int:
     devices = ["mixed", "cpu"] if args.device == "both" else [args.device]
     report = {"machine": machine_label(), "batch_size": args.batch_size, "frames": args.frames, "crop": args.crop,
               "frame_step": args.frame_step, "workers": args.workers, "threads": args.threads,
+              "resize_backend": args.resize_backend,
               "batches": args.batches, "rounds": args.rounds, "mix_weights": dict(PAPER_MIX),
               "torch": torch.__version__, "shards": str(Path(args.shards).resolve()),
               "load_average_before": [round(x, 2) for x in os.getloadavg()], "runs": {}}

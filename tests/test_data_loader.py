@@ -41,9 +41,11 @@ def to_levels(video: torch.Tensor, cfg: LoaderConfig) -> torch.Tensor:
     return video.float() * std + mean
 
 
-def test_dali_frames_match_pyav_reference(folders):
+@pytest.mark.parametrize("resize_backend", ["dali", "torch"])
+def test_dali_frames_match_pyav_reference(folders, resize_backend):
+    # Both resize backends: the GPU graph's DALI resize runs here on the CPU too, so CI tests it.
     cfg = cpu_config(DatasetSpec(str(folders["vid"]), weight=0.5), DatasetSpec(str(folders["img"]), weight=0.5),
-                     samples_per_epoch=16)
+                     samples_per_epoch=16, resize_backend=resize_backend)
     loader = VideoLoader(cfg)
     try:
         for _ in range(3):
@@ -80,8 +82,10 @@ def test_eval_sampling_covers_the_whole_video(folders):
         assert frames == np.round(np.linspace(0, n - 1, 8)).astype(int).tolist(), (key, frames)
 
 
-def test_images_become_static_clips(folders):
-    cfg = cpu_config(DatasetSpec(str(folders["img"])), samples_per_epoch=8, num_frames=5)
+@pytest.mark.parametrize("resize_backend", ["dali", "torch"])
+def test_images_become_static_clips(folders, resize_backend):
+    cfg = cpu_config(DatasetSpec(str(folders["img"])), samples_per_epoch=8, num_frames=5,
+                     resize_backend=resize_backend)
     loader = VideoLoader(cfg)
     try:
         batch = loader.next_batch()
@@ -165,6 +169,23 @@ def test_h264_shards_on_cpu_say_rebuild_as_vp9(tmp_path):
     with pytest.raises(ValueError, match=r"rebuild the shards as VP9 .*--codec vp9.* or run on a GPU") as err:
         VideoLoader(cpu_config(DatasetSpec(str(folder))))
     assert "\n" not in str(err.value)
+
+
+def test_resize_backends_agree_and_torch_is_refused_on_the_gpu_path(folders):
+    specs = (DatasetSpec(str(folders["vid"]), weight=0.5), DatasetSpec(str(folders["img"]), weight=0.5))
+    videos = {}
+    for backend in ("dali", "torch"):
+        loader = VideoLoader(cpu_config(*specs, samples_per_epoch=16, resize_backend=backend))
+        try:
+            videos[backend] = [loader.next_batch()["video"] for _ in range(2)]
+        finally:
+            loader.close()
+    cfg = cpu_config(*specs)
+    for a, b in zip(videos["dali"], videos["torch"]):
+        error = (to_levels(a, cfg) - to_levels(b, cfg)).abs()
+        assert error.mean() < 1.0 and error.max() < 24, (error.mean(), error.max())
+    with pytest.raises(ValueError, match="resize_backend"):
+        cpu_config(*specs, decode_device="mixed", resize_backend="torch").validate()
 
 
 def test_state_from_another_configuration_is_refused(folders):

@@ -10,6 +10,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 MODES = ("train", "eval")
 DECODE_DEVICES = ("auto", "cpu", "mixed")
+RESIZE_BACKENDS = ("auto", "dali", "torch")
 DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -74,6 +75,11 @@ class LoaderConfig:
     decode_device: str = "auto"
     """`mixed` decodes on the GPU (NVDEC) and hands CUDA tensors to PyTorch; `cpu` decodes VP9/VP8/MJPEG
     on the CPU; `auto` picks `mixed` when CUDA is available."""
+    resize_backend: str = "auto"
+    """Where the crop, flip and resize run. `dali`: one resize in the DALI graph, after the decoder.
+    `torch`: DALI only decodes; PyTorch crops, flips and resizes the uint8 frames (bilinear, antialiased)
+    on the CPU, sample by sample. `auto`: `dali` on the GPU, `torch` on the CPU, where DALI's CPU resize
+    costs half a decode and PyTorch's a tenth (benchmarks/results/loader-cpu.md)."""
     device_id: int | None = None
     """CUDA device for `mixed`; default: the LOCAL_RANK environment variable or 0."""
     num_threads: int = 2
@@ -138,6 +144,11 @@ class LoaderConfig:
             raise ValueError(f"mode: must be one of {MODES}, got {self.mode!r}")
         if self.decode_device not in DECODE_DEVICES:
             raise ValueError(f"decode_device: must be one of {DECODE_DEVICES}, got {self.decode_device!r}")
+        if self.resize_backend not in RESIZE_BACKENDS:
+            raise ValueError(f"resize_backend: must be one of {RESIZE_BACKENDS}, got {self.resize_backend!r}")
+        if self.resize_backend == "torch" and self.decode_device == "mixed":
+            raise ValueError("resize_backend: 'torch' is the CPU path's resize; with decode_device='mixed' use "
+                             "'dali' or 'auto' (the resize then runs in DALI on the GPU)")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype: must be one of {DTYPES}, got {self.dtype!r}")
         lo, hi = self.crop_scale

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
+from engine.data.augment import crop_flip_resize_batch
 from engine.data.config import LoaderConfig
 from engine.data.index import check_decodable, load_dataset_index
-from engine.data.pipeline import (META_DATASET, META_ROW, META_STEP, META_SUBSTITUTED, META_VALID,
+from engine.data.pipeline import (META_DATASET, META_ROI, META_ROW, META_STEP, META_SUBSTITUTED, META_VALID,
                                   DecodeProbe, build_pipeline)
 from engine.data.sampler import ClipSampler
 
@@ -78,6 +79,9 @@ class VideoLoader:
         self._pipe = None
         self._probe: DecodeProbe | None = None
         on_gpu = self.decode_device == "mixed"
+        if cfg.resize_backend == "torch" and on_gpu:
+            raise ValueError("resize_backend: 'torch' is the CPU path's resize; with a GPU use 'dali' or 'auto'")
+        self.resize_in_graph = cfg.resize_backend == "dali" or (cfg.resize_backend == "auto" and on_gpu)
         self._torch_device = torch.device("cuda", self.device_id) if on_gpu else torch.device("cpu")
         self._scale, self._shift = normalisation(cfg, self._torch_device)
 
@@ -102,7 +106,8 @@ class VideoLoader:
         failures_here = 0
         for _ in range(self.cfg.max_recoveries + 1):
             if self._pipe is None:
-                self._pipe = build_pipeline(self.sampler, self.step, self.decode_device, self.device_id)
+                self._pipe = build_pipeline(self.sampler, self.step, self.decode_device, self.device_id,
+                                            resize=self.resize_in_graph)
             try:
                 outputs = self._pipe.run()
             except Exception as err:  # DALI raises RuntimeError for decode failures, others for worker errors
@@ -118,8 +123,16 @@ class VideoLoader:
             return batch
         raise RuntimeError(f"step {self.step}: gave up after {self.cfg.max_recoveries} pipeline recoveries")
 
-    def normalise(self, video_list) -> torch.Tensor:
-        """The graph's uint8 clips [B, T, H, W, 3] -> `video` [B, C, T, H, W], normalised, model dtype."""
+    def normalise(self, video_list, meta: np.ndarray) -> torch.Tensor:
+        """The graph's uint8 output -> `video` [B, C, T, H, W], normalised, model dtype.
+
+        With the resize in the graph the output is already [B, T, S, S, 3]; without it, each sample's
+        decoded frames are cropped, flipped and resized here first (the box is in `meta`)."""
+        if not self.resize_in_graph:
+            # Views of DALI's output buffers, valid until the next run(); the resize copies them out.
+            samples = [torch.from_numpy(np.asarray(video_list[i])) for i in range(len(video_list))]
+            clips = crop_flip_resize_batch(samples, meta[:, META_ROI], self.cfg.num_frames, self.cfg.crop_size)
+            return self._normalise_cpu(clips)
         dense = video_list.as_tensor()
         clips = torch.empty(dense.shape(), dtype=torch.uint8, device=self._torch_device)
         # One copy out of DALI's reusable buffer: device to device on PyTorch's stream with a GPU (the batch
@@ -128,8 +141,11 @@ class VideoLoader:
         feed_ndarray(dense, clips, cuda_stream=stream)
         if self.decode_device == "mixed":
             return normalise_clips(clips, self._scale, self._shift, _TORCH_DTYPES[self.cfg.dtype])
-        # On the CPU one thread: DALI's threads hold the cores, and an OpenMP team waiting for them measured
-        # 5-10x slower than one thread on 2 busy cores.
+        return self._normalise_cpu(clips)
+
+    def _normalise_cpu(self, clips: torch.Tensor) -> torch.Tensor:
+        # One thread: DALI's threads hold the cores, and an OpenMP team waiting for them measured 5-10x
+        # slower than one thread on 2 busy cores.
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
@@ -142,7 +158,7 @@ class VideoLoader:
         meta = np.array(meta_list.as_tensor())                                  # [B, META_LEN]
         if not (meta[:, META_STEP] == self.step).all():
             raise RuntimeError(f"loader out of sync: expected step {self.step}, pipeline gave {meta[0, META_STEP]}")
-        video = self.normalise(video_list)
+        video = self.normalise(video_list, meta)
         dataset_id = meta[:, META_DATASET]
         row = meta[:, META_ROW]
         valid = meta[:, META_VALID].astype(bool)

@@ -6,6 +6,9 @@ operators run on the CPU (DALI decodes VP9/VP8/MJPEG there). The graph ends with
 clips; the loader normalises them into the batch layout in PyTorch on the same device
 (`engine.data.loader.normalise_clips`): on the CPU that pass is cheaper than DALI's
 crop_mirror_normalize and it moves a quarter of the bytes out of DALI (benchmarks/results/loader-cpu.md).
+On the CPU the loader by default also ends the graph at the decoders (`resize=False`) and crops, flips
+and resizes in PyTorch (`engine.data.augment`, LoaderConfig.resize_backend): DALI's CPU resize costs
+about half a decode there. The tests run the CPU graph both ways, so the GPU's graph is tested too.
 
 Per-sample decisions (frames, crop box, flip) come from the sampler through `external_source`, so the
 graph holds no RNG and a pipeline rebuilt at step s produces exactly the batches of an unbroken run.
@@ -26,9 +29,11 @@ from nvidia.dali import fn, pipeline_def, types
 
 from engine.data.sampler import ClipSampler
 
-# Columns of the per-sample `meta` output (int64 [META_LEN]).
+# Columns of the per-sample `meta` output (int64 [META_LEN]); the last four are the crop box in stored
+# pixels (y0, x_from, y1, x_to; x_from > x_to means flipped), read by the PyTorch resize.
 META_STEP, META_DATASET, META_ROW, META_VALID, META_SUBSTITUTED = range(5)
-META_LEN = 5
+META_ROI = slice(5, 9)
+META_LEN = 9
 
 
 class SampleSource:
@@ -64,47 +69,54 @@ class SampleSource:
             index = self.sampler.indexes[d]
             encoded.append(self._read(index.shard_paths[index.shard_id[r]], int(index.media_offset[r]),
                                       int(index.media_size[r])))
-            meta.append(np.array([step, d, r, int(plan.valid[i]), int(plan.substituted[i])], np.int64))
+            box = np.rint([plan.roi_start[i][0], plan.roi_start[i][1], plan.roi_end[i][0], plan.roi_end[i][1]])
+            meta.append(np.array([step, d, r, int(plan.valid[i]), int(plan.substituted[i]), *box], np.int64))
         return (encoded, list(plan.frames), list(plan.roi_start), list(plan.roi_end),
                 [np.array(x) for x in plan.is_image], meta)
 
 
-def _video_branch(encoded, frames, roi_start, roi_end, decode_device: str, size: int):
+def _video_branch(encoded, frames, roi_start, roi_end, decode_device: str, size: int, resize: bool):
     clip = fn.decoders.video(encoded, device=decode_device, frames=frames)          # [T, H, W, 3] uint8
+    if not resize:
+        return clip
     # A reversed x range in the ROI flips the crop, so crop, flip and resize are one resampling pass.
     return fn.resize(clip, size=[size, size], roi_start=roi_start, roi_end=roi_end, antialias=True)
 
 
-def _image_branch(encoded, roi_start, roi_end, decode_device: str, size: int, num_frames: int):
+def _image_branch(encoded, roi_start, roi_end, decode_device: str, size: int, num_frames: int, resize: bool):
     image = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB)   # [H, W, 3] uint8
+    if not resize:
+        return fn.expand_dims(image, axes=[0], new_axis_names="F")                    # [1, H, W, 3]
     image = fn.resize(image, size=[size, size], roi_start=roi_start, roi_end=roi_end, antialias=True)
     # Resize once, then repeat: a static clip costs one resize, not T.
     return fn.stack(*([image] * num_frames), axis=0, axis_name="F")                  # [T, S, S, 3]
 
 
 @pipeline_def(enable_conditionals=True)
-def _clip_graph(source, decode_device, size, num_frames, has_videos, has_images, parallel, prefetch):
+def _clip_graph(source, decode_device, size, num_frames, has_videos, has_images, parallel, prefetch, resize):
     encoded, frames, roi_start, roi_end, is_image, meta = fn.external_source(
         source, num_outputs=6, batch=True, batch_info=True, parallel=parallel,
         prefetch_queue_depth=prefetch if parallel else None,
         dtype=[types.UINT8, types.INT32, types.FLOAT, types.FLOAT, types.BOOL, types.INT64])
     if has_videos and has_images:
         if is_image:
-            clip = _image_branch(encoded, roi_start, roi_end, decode_device, size, num_frames)
+            clip = _image_branch(encoded, roi_start, roi_end, decode_device, size, num_frames, resize)
         else:
-            clip = _video_branch(encoded, frames, roi_start, roi_end, decode_device, size)
+            clip = _video_branch(encoded, frames, roi_start, roi_end, decode_device, size, resize)
     elif has_images:
-        clip = _image_branch(encoded, roi_start, roi_end, decode_device, size, num_frames)
+        clip = _image_branch(encoded, roi_start, roi_end, decode_device, size, num_frames, resize)
     else:
-        clip = _video_branch(encoded, frames, roi_start, roi_end, decode_device, size)
-    return clip, meta                                                                # [T, S, S, 3] uint8
+        clip = _video_branch(encoded, frames, roi_start, roi_end, decode_device, size, resize)
+    # resize: [T, S, S, 3] uint8; else the decoded frames, [T, H, W, 3] (an image: [1, H, W, 3])
+    return clip, meta
 
 
 def build_pipeline(sampler: ClipSampler, first_step: int, decode_device: str, device_id: int | None,
-                   source: SampleSource | None = None):
+                   source: SampleSource | None = None, resize: bool = True):
     """A built DALI pipeline whose iteration i is the sampler's step `first_step + i`.
 
-    `source` replaces the tar reader (the benchmark feeds bytes from memory to time the graph alone)."""
+    `source` replaces the tar reader (the benchmark feeds bytes from memory to time the graph alone).
+    `resize=False` ends the graph at the decoders (the caller crops and resizes, see resize_backend)."""
     cfg = sampler.cfg
     has_images = any(ix.is_image.any() for ix in sampler.indexes)
     has_videos = any((~ix.is_image).any() for ix in sampler.indexes)
@@ -113,14 +125,14 @@ def build_pipeline(sampler: ClipSampler, first_step: int, decode_device: str, de
         # A video-only mix leaves `is_image` unused, an image-only mix `frames`: both are tiny, keep one callback.
         warnings.filterwarnings("ignore", message=r"The external source node .* not used")
         pipe = _build_clip_graph(source or SampleSource(sampler, first_step), decode_device, device_id, has_videos,
-                                 has_images, parallel)
+                                 has_images, parallel, resize)
     return pipe
 
 
-def _build_clip_graph(source, decode_device, device_id, has_videos, has_images, parallel):
+def _build_clip_graph(source, decode_device, device_id, has_videos, has_images, parallel, resize):
     cfg = source.sampler.cfg
     pipe = _clip_graph(
-        source, decode_device, cfg.crop_size, cfg.num_frames, has_videos, has_images, parallel, cfg.prefetch,
+        source, decode_device, cfg.crop_size, cfg.num_frames, has_videos, has_images, parallel, cfg.prefetch, resize,
         batch_size=cfg.batch_size, num_threads=cfg.num_threads,
         device_id=device_id if decode_device == "mixed" else None,
         prefetch_queue_depth=cfg.prefetch, seed=cfg.seed,

@@ -36,6 +36,7 @@ class ProbeTrainConfig:
     sweep_wds: tuple[float, ...] = ()  # extra weight decays of the sweep, crossed with the learning rates
     seed: int = 0  # seeds head initialisation and batch order
     eval_batch_size: int = 256  # samples per forward when scoring
+    standardize: bool = True  # scale features per channel by the training split's mean/std (see below)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
@@ -99,6 +100,27 @@ class SweepResult:
                    seconds=data.get("seconds", 0.0))
 
 
+def channel_statistics(train: CachedFeatures, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std [D] over every token of every training sample (fp64 accumulation).
+
+    Probes see (x - mean) / std, MAE's BatchNorm-without-affine before its linear probe: an affine map the
+    head could learn itself, applied so that encoders whose tokens share a large common component (a
+    random or barely trained ViT's are nearly identical) are not judged by how slowly AdamW at lr 1e-3
+    finds the small differences. Computed on the training split only; the test split reuses it."""
+    total = torch.zeros(train.width, dtype=torch.float64)
+    squares = torch.zeros(train.width, dtype=torch.float64)
+    count = 0
+    flat = train.features.reshape(-1, train.width)                        # [n*V*L, D]
+    for start in range(0, flat.shape[0], chunk * 64):
+        block = flat[start: start + chunk * 64].double()
+        total += block.sum(0)
+        squares += (block * block).sum(0)
+        count += block.shape[0]
+    mean = total / max(count, 1)
+    std = (squares / max(count, 1) - mean * mean).clamp_min(0).sqrt()
+    return mean.float(), std.float().clamp_min(1e-6)
+
+
 def _flatten_views(cached: CachedFeatures) -> tuple[torch.Tensor, torch.Tensor]:
     """Training treats every view of a sample as its own example: [n*V, L, D] and labels [n*V]."""
     views = cached.num_views
@@ -130,6 +152,10 @@ def train_probe_sweep(
         [{"params": head.parameters(), "lr": lr, "weight_decay": wd} for head, (lr, wd) in zip(heads, grid)]
     )
     features, labels = _flatten_views(train)
+    if config.standardize:
+        mean, std = channel_statistics(train)
+    else:
+        mean, std = torch.zeros(train.width), torch.ones(train.width)
     steps_per_epoch = math.ceil(labels.shape[0] / config.batch_size)
     last_epoch_loss = torch.zeros(len(grid))
     heads.train()
@@ -139,7 +165,7 @@ def train_probe_sweep(
         epoch_loss = torch.zeros(len(grid))
         for step in range(steps_per_epoch):
             idx = order[step * config.batch_size: (step + 1) * config.batch_size]
-            batch = features[idx].float()  # [b, L, D]
+            batch = (features[idx].float() - mean) / std  # [b, L, D]
             target = labels[idx]
             losses = torch.stack([F.cross_entropy(head(batch), target) for head in heads])  # [H]
             optimizer.zero_grad(set_to_none=True)
@@ -148,20 +174,21 @@ def train_probe_sweep(
             epoch_loss += losses.detach() * idx.numel()
         last_epoch_loss = epoch_loss / labels.shape[0]
         progress.set_postfix(loss=f"{float(last_epoch_loss[0]):.3f}")
-    results = _score(heads, test, config.eval_batch_size, grid, last_epoch_loss)
+    results = _score(heads, test, config.eval_batch_size, grid, last_epoch_loss, mean, std)
     return SweepResult(arch=asdict(arch), train=asdict(config), heads=results, num_train=train.labels.shape[0],
                        num_test=test.labels.shape[0], num_classes=num_classes, seconds=time.perf_counter() - started)
 
 
 @torch.no_grad()
-def _score(heads: nn.ModuleList, test: CachedFeatures, batch_size: int, grid, train_loss: torch.Tensor) -> list[HeadResult]:
+def _score(heads: nn.ModuleList, test: CachedFeatures, batch_size: int, grid, train_loss: torch.Tensor,
+           mean: torch.Tensor, std: torch.Tensor) -> list[HeadResult]:
     heads.eval()
     views = test.num_views
     correct = [{1: 0, 5: 0} for _ in heads]
     for start in range(0, test.labels.shape[0], batch_size):
         batch = test.features[start: start + batch_size]  # [b, V, L, D]
         target = test.labels[start: start + batch_size]
-        flat = batch.reshape(-1, *batch.shape[2:]).float()  # [b*V, L, D]
+        flat = (batch.reshape(-1, *batch.shape[2:]).float() - mean) / std  # [b*V, L, D]
         for h, head in enumerate(heads):
             probs = average_view_probabilities(head(flat), views)  # [b, C]
             for k, hits in topk_correct(probs, target).items():
