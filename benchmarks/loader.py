@@ -48,7 +48,7 @@ def make_config(args, device: str) -> LoaderConfig:
     specs = [DatasetSpec(str(Path(args.shards) / name), weight=w, frame_step=args.frame_step) for name, w in PAPER_MIX]
     return LoaderConfig(specs, batch_size=args.batch_size, num_frames=args.frames, crop_size=args.crop,
                         decode_device=device, num_workers=args.workers, num_threads=args.threads,
-                        infinite=True, seed=args.seed,
+                        prefetch=args.prefetch, infinite=True, seed=args.seed,
                         resize_backend="auto" if device == "mixed" else args.resize_backend)
 
 
@@ -269,6 +269,7 @@ def main(argv=None) -> int:
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prefetch", type=int, default=2, help="batches DALI prepares ahead (LoaderConfig.prefetch)")
     parser.add_argument("--resize-backend", default="auto", choices=["auto", "dali", "torch"],
                         help="the CPU path's crop/flip/resize (LoaderConfig.resize_backend); mixed always uses auto")
     parser.add_argument("--batches", type=int, default=20, help="timed batches per round")
@@ -281,6 +282,7 @@ def main(argv=None) -> int:
     devices = ["mixed", "cpu"] if args.device == "both" else [args.device]
     report = {"machine": machine_label(), "batch_size": args.batch_size, "frames": args.frames, "crop": args.crop,
               "frame_step": args.frame_step, "workers": args.workers, "threads": args.threads,
+              "prefetch": args.prefetch,
               "resize_backend": args.resize_backend,
               "batches": args.batches, "rounds": args.rounds, "mix_weights": dict(PAPER_MIX),
               "torch": torch.__version__, "shards": str(Path(args.shards).resolve()),
