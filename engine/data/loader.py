@@ -17,6 +17,7 @@ sample of the same dataset. Nothing stops, nothing hangs, and the skip set trave
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -66,6 +67,18 @@ def normalise_clips(clips: torch.Tensor, scale: torch.Tensor, shift: torch.Tenso
     torch.addcmul(shift.repeat(w), rows, scale.repeat(w), out=rows)
     video = video.permute(0, 4, 1, 2, 3)                                                  # [B, C, T, H, W]
     return video if dtype == torch.float32 else video.to(dtype)
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    """The CPU path's post-processing runs on one thread: DALI's threads hold the cores, and an OpenMP
+    team waiting for them measured 5-10x slower than one thread on 2 busy cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class VideoLoader:
@@ -139,8 +152,9 @@ class VideoLoader:
         if not self.resize_in_graph:
             # Views of DALI's output buffers, valid until the next run(); the resize copies them out.
             samples = [torch.from_numpy(np.asarray(video_list[i])) for i in range(len(video_list))]
-            clips = crop_flip_resize_batch(samples, meta[:, META_ROI], self.cfg.num_frames, self.cfg.crop_size)
-            return self._normalise_cpu(clips)
+            with _one_torch_thread():
+                clips = crop_flip_resize_batch(samples, meta[:, META_ROI], self.cfg.num_frames, self.cfg.crop_size)
+                return normalise_clips(clips, self._scale, self._shift, _TORCH_DTYPES[self.cfg.dtype])
         dense = video_list.as_tensor()
         clips = torch.empty(dense.shape(), dtype=torch.uint8, device=self._torch_device)
         # One copy out of DALI's reusable buffer: device to device on PyTorch's stream with a GPU (the batch
@@ -149,17 +163,8 @@ class VideoLoader:
         feed_ndarray(dense, clips, cuda_stream=stream)
         if self.decode_device == "mixed":
             return normalise_clips(clips, self._scale, self._shift, _TORCH_DTYPES[self.cfg.dtype])
-        return self._normalise_cpu(clips)
-
-    def _normalise_cpu(self, clips: torch.Tensor) -> torch.Tensor:
-        # One thread: DALI's threads hold the cores, and an OpenMP team waiting for them measured 5-10x
-        # slower than one thread on 2 busy cores.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with _one_torch_thread():
             return normalise_clips(clips, self._scale, self._shift, _TORCH_DTYPES[self.cfg.dtype])
-        finally:
-            torch.set_num_threads(threads)
 
     def _to_batch(self, outputs) -> dict:
         video_list, meta_list = outputs
