@@ -10,6 +10,7 @@ import torch
 
 from data_fixtures import FixtureSpec, epoch_with_reference, frame_index_from_blue, sample_key, write_dataset
 from engine.data import DatasetSpec, LoaderConfig, VideoLoader
+from engine.data.augment import crop_flip_resize_batch, crop_flip_resize_uint8
 from engine.data.reference import reference_batch
 
 
@@ -186,6 +187,20 @@ def test_resize_backends_agree_and_torch_is_refused_on_the_gpu_path(folders):
         assert error.mean() < 1.0 and error.max() < 24, (error.mean(), error.max())
     with pytest.raises(ValueError, match="resize_backend"):
         cpu_config(*specs, decode_device="mixed", resize_backend="torch").validate()
+
+
+def test_torch_crop_flip_resize_flips_exactly_and_casts_on_copy():
+    """The CPU path flips the crop before resizing: the same pixels as flipping the resized clip."""
+    frames = torch.randint(0, 256, (3, 40, 52, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for (y0, x0, h, w), size in [((2, 5, 30, 21), 24), ((0, 0, 40, 52), 24), ((4, 7, 24, 24), 24), ((1, 3, 17, 40), 32)]:
+        plain = crop_flip_resize_uint8(frames, np.array([y0, x0, y0 + h, x0 + w]), size)
+        flipped = crop_flip_resize_uint8(frames, np.array([y0, x0 + w, y0 + h, x0]), size)
+        assert plain.shape == (3, size, size, 3) and torch.equal(flipped, plain.flip(2))
+    boxes = np.array([[2, 5, 32, 26], [0, 30, 36, 2]])
+    samples = [frames, frames[:1]]                                   # a video and an image
+    as_float = crop_flip_resize_batch(samples, boxes, 3, 24, dtype=torch.float32)
+    assert torch.equal(as_float, crop_flip_resize_batch(samples, boxes, 3, 24).float())
+    assert torch.equal(as_float[1, 0], as_float[1, 2])               # the image is a static clip
 
 
 def test_state_from_another_configuration_is_refused(folders):

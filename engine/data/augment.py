@@ -18,18 +18,22 @@ def crop_flip_resize_uint8(frames: torch.Tensor, box: np.ndarray, size: int) -> 
     flip = xa > xb
     x0, x1 = (xb, xa) if flip else (xa, xb)
     crop = frames[:, y0:y1, x0:x1].permute(0, 3, 1, 2)                        # [T, 3, h, w] channels-last view
-    if crop.shape[-2:] == (size, size):
-        out = crop
-    else:
-        out = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     if flip:
-        out = out.flip(-1)
-    return out.permute(0, 2, 3, 1)                                            # [T, S, S, 3]
+        # Bilinear sampling is mirror-symmetric (align_corners=False), so flipping the crop before the
+        # resize gives the same pixels as flipping after it, and the crop is never larger than the output.
+        crop = crop.flip(-1)
+    if crop.shape[-2:] != (size, size):
+        crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return crop.permute(0, 2, 3, 1)                                           # [T, S, S, 3]
 
 
-def crop_flip_resize_batch(samples, boxes: np.ndarray, num_frames: int, size: int) -> torch.Tensor:
-    """Decoded samples (each [T, H, W, 3], an image [1, H, W, 3]) -> uint8 [B, T, S, S, 3] clips."""
-    clips = torch.empty((len(samples), num_frames, size, size, 3), dtype=torch.uint8)
+def crop_flip_resize_batch(samples, boxes: np.ndarray, num_frames: int, size: int,
+                           dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+    """Decoded samples (each [T, H, W, 3], an image [1, H, W, 3]) -> [B, T, S, S, 3] clips of `dtype`.
+
+    With dtype=float32 each clip is converted while it is copied into the batch, which saves the loader
+    a uint8 batch and a separate conversion pass (levels stay 0..255; normalisation comes after)."""
+    clips = torch.empty((len(samples), num_frames, size, size, 3), dtype=dtype)
     for i, frames in enumerate(samples):
-        clips[i] = crop_flip_resize_uint8(frames, boxes[i], size)            # an image broadcasts over T
+        clips[i].copy_(crop_flip_resize_uint8(frames, boxes[i], size))        # an image broadcasts over T
     return clips

@@ -54,14 +54,14 @@ def normalisation(cfg: LoaderConfig, device: torch.device) -> tuple[torch.Tensor
 
 
 def normalise_clips(clips: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 [B, T, H, W, C] -> [B, C, T, H, W] `dtype`, normalised.
+    """uint8 [B, T, H, W, C] -> [B, C, T, H, W] `dtype`, normalised (0..255 float32 clips: in place).
 
     The result keeps the decoder's memory order (it is `torch.channels_last_3d`): a conversion and one
     in-place affine pass over it stream through memory, while writing channel-first planes measured
     4x slower on the CPU. Shape and values are the contract's; Conv3d (the patch embedding) takes this
     layout natively, and code that needs channel-first memory calls `.contiguous()`."""
     b, t, h, w, c = clips.shape
-    video = clips.to(torch.float32)                                                      # [B, T, H, W, C]
+    video = clips if clips.dtype == torch.float32 else clips.to(torch.float32)           # [B, T, H, W, C]
     rows = video.view(b, t, h, w * c)
     # The per-channel affine tiled along a row: broadcasting over an inner dimension of 3 is 8x slower.
     torch.addcmul(shift.repeat(w), rows, scale.repeat(w), out=rows)
@@ -153,7 +153,8 @@ class VideoLoader:
             # Views of DALI's output buffers, valid until the next run(); the resize copies them out.
             samples = [torch.from_numpy(np.asarray(video_list[i])) for i in range(len(video_list))]
             with _one_torch_thread():
-                clips = crop_flip_resize_batch(samples, meta[:, META_ROI], self.cfg.num_frames, self.cfg.crop_size)
+                clips = crop_flip_resize_batch(samples, meta[:, META_ROI], self.cfg.num_frames, self.cfg.crop_size,
+                                               dtype=torch.float32)                     # levels 0..255
                 return normalise_clips(clips, self._scale, self._shift, _TORCH_DTYPES[self.cfg.dtype])
         dense = video_list.as_tensor()
         clips = torch.empty(dense.shape(), dtype=torch.uint8, device=self._torch_device)
