@@ -10,8 +10,8 @@ import pytest
 from data_fixtures import FixtureSpec, write_dataset
 from engine.data.config import DatasetSpec, LoaderConfig
 from engine.data.index import load_dataset_index
-from engine.data.sampler import (ClipSampler, clip_frame_step, eval_frame_indices, random_resized_crop,
-                                 train_frame_indices)
+from engine.data.sampler import (_DRAWS, ClipSampler, clip_frame_step, eval_frame_indices, random_resized_crop,
+                                 train_frame_indices, uniform_draws)
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +79,27 @@ def test_eval_mode_covers_every_sample_once_with_marked_padding(three_datasets):
     assert sorted(seen) == sorted({(d, r) for d, n in enumerate((5, 9, 7)) for r in range(n)})
 
 
+def test_uniform_draws_are_per_slot_pure_and_uniform():
+    positions = np.arange(1000, 6000)
+    u = uniform_draws(3, 1, 37, positions, 4)
+    assert u.shape == (5000, 4) and u.min() >= 0.0 and u.max() < 1.0
+    # A slot's draws do not depend on which other slots are planned with it.
+    np.testing.assert_array_equal(uniform_draws(3, 1, 37, positions[[7, 4000]], 4), u[[7, 4000]])
+    for other in (uniform_draws(4, 1, 37, positions, 4), uniform_draws(3, 2, 37, positions, 4),
+                  uniform_draws(3, 1, 11, positions, 4)):
+        assert np.abs(other - u).mean() > 0.2                          # seed, epoch and stream all matter
+    histogram = np.histogram(u, bins=10, range=(0, 1))[0] / u.size
+    assert np.all(np.abs(histogram - 0.1) < 0.01), histogram
+    assert abs(np.corrcoef(u[:, 0], u[:, 1])[0, 1]) < 0.05 and abs(np.corrcoef(u[:-1, 0], u[1:, 0])[0, 1]) < 0.05
+
+
 def test_train_window_uses_frame_step_and_pads_short_videos():
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        idx = train_frame_indices(rng, num_frames=40, clip_len=8, step=2)
-        assert np.all(np.diff(idx) == 2) and idx[0] >= 0 and idx[-1] <= 39
-    short = train_frame_indices(rng, num_frames=5, clip_len=8, step=2)
-    np.testing.assert_array_equal(short, [0, 2, 4, 4, 4, 4, 4, 4])
+    u = uniform_draws(0, 0, 37, np.arange(200), 1)[:, 0]
+    idx = train_frame_indices(u, np.full(200, 40), 8, np.full(200, 2))
+    assert np.all(np.diff(idx, axis=1) == 2) and idx.min() >= 0 and idx.max() <= 39
+    assert idx[:, 0].min() == 0 and idx[:, 0].max() == 40 - 15     # every window start is reachable
+    short = train_frame_indices(u[:2], np.array([5, 5]), 8, np.array([2, 2]))
+    np.testing.assert_array_equal(short, [[0, 2, 4, 4, 4, 4, 4, 4]] * 2)
     # V-JEPA 2's fps rule: 25 fps at target 16 -> step 1; 60 fps at target 16 -> step 3.
     assert clip_frame_step(2, 16, 25.0) == 1 and clip_frame_step(2, 16, 60.0) == 3 and clip_frame_step(2, None, 60.0) == 2
 
@@ -99,15 +113,16 @@ def test_eval_frames_span_the_whole_video():
 
 
 def test_random_resized_crop_statistics():
-    rng = np.random.default_rng(1)
-    scales, aspects = [], []
-    for _ in range(2000):
-        y0, x0, h, w = random_resized_crop(rng, 120, 160, (0.3, 1.0), (0.75, 1.35))
-        assert 0 <= y0 and y0 + h <= 120 and 0 <= x0 and x0 + w <= 160
-        scales.append(h * w / (120 * 160))
-        aspects.append(w / h)
-    assert 0.29 <= min(scales) and max(scales) <= 1.0 and np.mean(scales) > 0.5
-    assert 0.72 <= min(aspects) and max(aspects) <= 1.4
+    u = uniform_draws(1, 0, 37, np.arange(2000), _DRAWS)
+    y0, x0, h, w = random_resized_crop(u, np.full(2000, 120), np.full(2000, 160), (0.3, 1.0), (0.75, 1.35))
+    assert np.all(y0 >= 0) and np.all(y0 + h <= 120) and np.all(x0 >= 0) and np.all(x0 + w <= 160)
+    scales, aspects = h * w / (120 * 160), w / h
+    assert 0.29 <= scales.min() and scales.max() <= 1.0 and scales.mean() > 0.5
+    assert 0.72 <= aspects.min() and aspects.max() <= 1.4
+    assert x0.min() == 0 and (x0 + w).max() == 160                      # crops reach both edges
+    # A frame no crop of the aspect range fits in (a 10 x 200 strip): the largest centred crop in range.
+    y0, x0, h, w = random_resized_crop(u[:3], np.full(3, 10), np.full(3, 200), (0.3, 1.0), (0.75, 1.35))
+    assert np.all(h == 10) and np.all(w == 14) and np.all(y0 == 0) and np.all(x0 == 93)
 
 
 def test_flip_rate_and_flip_encoded_as_reversed_roi(three_datasets):

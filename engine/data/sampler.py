@@ -53,46 +53,90 @@ def clip_frame_step(spec_frame_step: int, target_fps: float | None, video_fps: f
     return max(1, math.ceil(video_fps) // int(round(target_fps)))
 
 
-def train_frame_indices(rng: np.random.Generator, num_frames: int, clip_len: int, step: int) -> np.ndarray:
-    """A random window of `clip_len` frames at `step`; short videos repeat their last frame."""
+# Draws per slot from its counter-based stream: 10 crop attempts (area, then aspect), crop y and x, frame
+# window start, flip. A slot's draws depend on (seed, epoch, stream, position) only, whatever else is in
+# its batch, and a whole batch costs a few vectorised hash rounds rather than a seeded Generator per slot:
+# the plan runs in DALI's worker processes, which share the cores with the decoder.
+_CROP_ATTEMPTS = 10
+_U_AREA, _U_ASPECT = slice(0, _CROP_ATTEMPTS), slice(_CROP_ATTEMPTS, 2 * _CROP_ATTEMPTS)
+_U_Y, _U_X, _U_START, _U_FLIP = range(2 * _CROP_ATTEMPTS, 2 * _CROP_ATTEMPTS + 4)
+_DRAWS = 2 * _CROP_ATTEMPTS + 4
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on a uint64 array (wraps modulo 2**64 by design)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def uniform_draws(seed: int, epoch: int, stream: int, positions: np.ndarray, count: int) -> np.ndarray:
+    """float64 [len(positions), count] in [0, 1): draw j of each stream position, a pure function of
+    (seed, epoch, stream, position, j). Counter-based (hashing), so any slot is computed on its own."""
+    key = np.array([seed % 2**64], np.uint64)
+    for word in (epoch, stream):
+        key = _mix64(key ^ (np.array([word % 2**64], np.uint64) + _GOLDEN))
+    slot = _mix64(key ^ (np.asarray(positions, np.int64).astype(np.uint64) + _GOLDEN))          # [B]
+    draw = (np.arange(1, count + 1, dtype=np.uint64) * _GOLDEN)[None, :]                         # [1, count]
+    bits = _mix64(slot[:, None] ^ draw)                                                          # [B, count]
+    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
+
+
+def clip_frame_steps(spec_frame_step: int, target_fps: float | None, video_fps: np.ndarray) -> np.ndarray:
+    """`clip_frame_step` for an array of video frame rates: int64 [N]."""
+    video_fps = np.asarray(video_fps, np.float64)
+    if target_fps is None:
+        return np.full(video_fps.shape, spec_frame_step, np.int64)
+    by_fps = np.maximum(1, np.ceil(video_fps).astype(np.int64) // int(round(target_fps)))
+    return np.where(video_fps > 0, by_fps, spec_frame_step).astype(np.int64)
+
+
+def train_frame_indices(u: np.ndarray, num_frames: np.ndarray, clip_len: int, step: np.ndarray) -> np.ndarray:
+    """int32 [B, clip_len]: a window of `clip_len` frames at `step`, its start uniform (u [B] in [0, 1))
+    over the video; short videos repeat their last frame."""
+    num_frames, step = np.asarray(num_frames, np.int64), np.asarray(step, np.int64)
     span = (clip_len - 1) * step + 1
-    start = int(rng.integers(0, max(num_frames - span, 0) + 1))
-    return np.minimum(start + step * np.arange(clip_len), num_frames - 1).astype(np.int32)
+    start = np.floor(u * (np.maximum(num_frames - span, 0) + 1)).astype(np.int64)
+    frames = start[:, None] + step[:, None] * np.arange(clip_len)
+    return np.minimum(frames, num_frames[:, None] - 1).astype(np.int32)
 
 
-def eval_frame_indices(num_frames: int, clip_len: int) -> np.ndarray:
-    """`clip_len` frames spread uniformly from the first to the last (repeats when the video is short)."""
-    return np.round(np.linspace(0, num_frames - 1, clip_len)).astype(np.int32)
+def eval_frame_indices(num_frames, clip_len: int) -> np.ndarray:
+    """`clip_len` frames spread uniformly from the first to the last (repeats when the video is short);
+    [clip_len] for one video, [B, clip_len] for an array of frame counts."""
+    stop = np.asarray(num_frames, np.float64) - 1
+    return np.round(np.linspace(np.zeros_like(stop), stop, clip_len, axis=-1)).astype(np.int32)
 
 
-def random_resized_crop(rng: np.random.Generator, height: int, width: int,
-                        scale: tuple[float, float], aspect: tuple[float, float]) -> tuple[int, int, int, int]:
-    """(y0, x0, h, w): area fraction uniform in `scale`, width/height log-uniform in `aspect`."""
-    area = height * width
+def random_resized_crop(u: np.ndarray, height: np.ndarray, width: np.ndarray,
+                        scale: tuple[float, float], aspect: tuple[float, float]) -> tuple[np.ndarray, ...]:
+    """(y0, x0, h, w) int64 arrays [B]: area fraction uniform in `scale`, width/height log-uniform in
+    `aspect`; the first of 10 attempts that fits the frame wins. `u` holds each slot's draws [B, _DRAWS]."""
+    height, width = np.asarray(height, np.float64), np.asarray(width, np.float64)
+    target_area = (height * width)[:, None] * (scale[0] + (scale[1] - scale[0]) * u[:, _U_AREA])   # [B, 10]
     log_lo, log_hi = math.log(aspect[0]), math.log(aspect[1])
-    for _ in range(10):
-        target_area = area * rng.uniform(scale[0], scale[1])
-        ratio = math.exp(rng.uniform(log_lo, log_hi))
-        w = int(round(math.sqrt(target_area * ratio)))
-        h = int(round(math.sqrt(target_area / ratio)))
-        if 0 < w <= width and 0 < h <= height:
-            y0 = int(rng.integers(0, height - h + 1))
-            x0 = int(rng.integers(0, width - w + 1))
-            return y0, x0, h, w
+    ratio = np.exp(log_lo + (log_hi - log_lo) * u[:, _U_ASPECT])
+    w = np.rint(np.sqrt(target_area * ratio))
+    h = np.rint(np.sqrt(target_area / ratio))
+    fits = (w > 0) & (w <= width[:, None]) & (h > 0) & (h <= height[:, None])
+    first = fits.argmax(axis=1)
+    rows = np.arange(len(u))
+    found = fits[rows, first]
+    w, h = w[rows, first], h[rows, first]
     # Rejection failed (extreme frame shape): the largest centred crop whose aspect is in range.
-    frame_ratio = width / height
-    if frame_ratio < aspect[0]:
-        w, h = width, int(round(width / aspect[0]))
-    elif frame_ratio > aspect[1]:
-        w, h = int(round(height * aspect[1])), height
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
+    frame_ratio = width / np.maximum(height, 1)
+    fallback_w = np.where(frame_ratio > aspect[1], np.rint(height * aspect[1]), width)
+    fallback_h = np.where(frame_ratio < aspect[0], np.rint(width / aspect[0]), height)
+    w, h = np.where(found, w, fallback_w), np.where(found, h, fallback_h)
+    y0 = np.where(found, np.floor(u[:, _U_Y] * (height - h + 1)), (height - h) // 2)
+    x0 = np.where(found, np.floor(u[:, _U_X] * (width - w + 1)), (width - w) // 2)
+    return y0.astype(np.int64), x0.astype(np.int64), h.astype(np.int64), w.astype(np.int64)
 
 
-def centre_square(height: int, width: int) -> tuple[int, int, int, int]:
+def centre_square(height: np.ndarray, width: np.ndarray) -> tuple[np.ndarray, ...]:
     """Short-side resize to S then centre crop S x S == the centred square of side min(H, W), resized."""
-    side = min(height, width)
+    side = np.minimum(height, width).astype(np.int64)
     return (height - side) // 2, (width - side) // 2, side, side
 
 
@@ -127,6 +171,9 @@ class ClipSampler:
                                  f"({cfg.batch_size} x {cfg.world_size} ranks)")
         self._offsets = np.concatenate([[0], np.cumsum(self.sizes)])
         self._epoch_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        # Each video's frame step (the recipe's, or the fps rule's), once per row instead of once per draw.
+        self._frame_steps = [clip_frame_steps(spec.frame_step, spec.target_fps, ix.fps)
+                             for ix, spec in zip(indexes, cfg.datasets)]
         usable = [int(n - sum(1 for d, _ in self.skipped if d == i)) for i, n in enumerate(self.sizes)]
         empty = [ix.name for ix, n in zip(indexes, usable) if n <= 0]
         if empty:
@@ -197,30 +244,28 @@ class ClipSampler:
     def plan(self, step: int) -> BatchPlan:
         cfg = self.cfg
         epoch, position, dataset_id, row, valid, substituted = self.sources(step)
-        t = cfg.num_frames
-        frames = np.zeros((cfg.batch_size, t), np.int32)
-        roi_start = np.zeros((cfg.batch_size, 2), np.float32)
-        roi_end = np.zeros((cfg.batch_size, 2), np.float32)
-        flip = np.zeros(cfg.batch_size, bool)
-        is_image = np.zeros(cfg.batch_size, bool)
-        for i in range(cfg.batch_size):
-            d, r = int(dataset_id[i]), int(row[i])
-            index, spec = self.indexes[d], cfg.datasets[d]
-            is_image[i] = index.is_image[r]
-            height, width, n = int(index.height[r]), int(index.width[r]), int(index.num_frames[r])
-            rng = np.random.default_rng([cfg.seed, epoch, _AUG_STREAM, int(position[i])])
-            if cfg.mode == "eval":
-                if not is_image[i]:
-                    frames[i] = eval_frame_indices(n, t)
-                y0, x0, h, w = centre_square(height, width)
-            else:
-                if not is_image[i]:
-                    k = clip_frame_step(spec.frame_step, spec.target_fps, float(index.fps[r]))
-                    frames[i] = train_frame_indices(rng, n, t, k)
-                y0, x0, h, w = random_resized_crop(rng, height, width, cfg.crop_scale, cfg.crop_aspect)
-                flip[i] = rng.random() < cfg.flip_prob
-            roi_start[i] = (y0, x0 + w if flip[i] else x0)
-            roi_end[i] = (y0 + h, x0 if flip[i] else x0 + w)
+        b, t = cfg.batch_size, cfg.num_frames
+        is_image, height, width = np.zeros(b, bool), np.zeros(b, np.int64), np.zeros(b, np.int64)
+        num_frames, frame_step = np.ones(b, np.int64), np.ones(b, np.int64)
+        for d in np.unique(dataset_id):
+            here, rows = dataset_id == d, row[dataset_id == d]
+            index = self.indexes[d]
+            is_image[here], height[here], width[here] = index.is_image[rows], index.height[rows], index.width[rows]
+            num_frames[here], frame_step[here] = index.num_frames[rows], self._frame_steps[d][rows]
+        frames = np.zeros((b, t), np.int32)
+        video = ~is_image
+        flip = np.zeros(b, bool)
+        if cfg.mode == "eval":
+            frames[video] = eval_frame_indices(num_frames[video], t)
+            y0, x0, h, w = centre_square(height, width)
+        else:
+            u = uniform_draws(cfg.seed, epoch, _AUG_STREAM, position, _DRAWS)                      # [B, _DRAWS]
+            frames[video] = train_frame_indices(u[video, _U_START], num_frames[video], t, frame_step[video])
+            y0, x0, h, w = random_resized_crop(u, height, width, cfg.crop_scale, cfg.crop_aspect)
+            flip = u[:, _U_FLIP] < cfg.flip_prob
+        # A flipped crop is encoded as a reversed x range (roi_start x > roi_end x).
+        roi_start = np.stack([y0, np.where(flip, x0 + w, x0)], axis=1).astype(np.float32)
+        roi_end = np.stack([y0 + h, np.where(flip, x0, x0 + w)], axis=1).astype(np.float32)
         return BatchPlan(step=int(step), epoch=epoch, position=position, dataset_id=dataset_id, row=row,
                          valid=valid, is_image=is_image, frames=frames, roi_start=roi_start, roi_end=roi_end,
                          flip=flip, substituted=substituted)
