@@ -1,13 +1,11 @@
 """Frozen feature extraction: deterministic, cached once, clips x views laid out as documented, and
 benchmark splits checked for overlap. Uses the real DALI loader on a tiny contract-exact shard folder."""
-import json
 import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from data_fixtures import FixtureSpec, write_dataset
 from engine.eval.benchmarks import BENCHMARKS, check_splits_disjoint

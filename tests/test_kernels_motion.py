@@ -111,7 +111,7 @@ def test_mask_is_the_union_of_the_drawn_blocks():
     mask = motion_mask(scores, block, num_blocks, 2.0, 0.1, torch.Generator().manual_seed(5))
     origins = sample_origins(block_mean_scores_reference(scores, block), num_blocks, 2.0, 0.1,
                              torch.Generator().manual_seed(5))
-    Ot, Oh, Ow = 3 - 2 + 1, 4 - 2 + 1, 5 - 3 + 1
+    Oh, Ow = 4 - 2 + 1, 5 - 3 + 1   # block origins per frame: rows x columns
     expected = torch.zeros(4, 3, 4, 5, dtype=torch.bool)
     for b in range(4):
         for o in origins[b].tolist():
