@@ -70,6 +70,7 @@ class LoaderRun:
 
 def time_round(runner, batches: int) -> float:
     """Seconds for `batches` batches in steady state: work queued ahead while idle is drained first."""
+    getattr(runner, "begin_round", lambda: None)()
     for _ in range(runner.drain):
         runner.next_batch()
     runner.sync()
@@ -77,7 +78,9 @@ def time_round(runner, batches: int) -> float:
     for _ in range(batches):
         runner.next_batch()
     runner.sync()
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    getattr(runner, "end_round", lambda: None)()
+    return seconds
 
 
 # ------------------------------------------------------------------------------------------- (b)
@@ -124,20 +127,30 @@ class RawFileClips(torch.utils.data.Dataset):
 
 
 class ReferenceRun:
-    """(b): per-file PyAV decode of the raw sources in a torch DataLoader with the same worker count."""
+    """(b): per-file PyAV decode of the raw sources in a torch DataLoader with the same worker count.
+
+    Its worker processes live for one round only: left running, they would keep decoding ahead
+    (prefetch_factor batches per worker, about a second of both cores) while the next loader is timed."""
 
     def __init__(self, sampler, steps: list[int], args):
         self.loader = torch.utils.data.DataLoader(RawFileClips(sampler, steps), batch_size=args.batch_size,
-                                                  num_workers=args.workers, persistent_workers=args.workers > 0)
-        self.stream = iter(self.loader)
+                                                  num_workers=args.workers)
+        self.stream = None
         self.drain = 2 * max(args.workers, 1) + 1   # the DataLoader's default prefetch_factor is 2
         self.sync = lambda: None
+
+    def begin_round(self):
+        self.stream = iter(self.loader)
+
+    def end_round(self):
+        self.stream = None   # the last reference: the iterator's finaliser stops its workers now
 
     def next_batch(self):
         return next(self.stream)
 
     def close(self):
-        del self.stream
+        if self.stream is not None:
+            self.end_round()
 
 
 # ------------------------------------------------------------------------------------------- (c)
@@ -238,8 +251,9 @@ def rates(round_seconds: list[float], args) -> dict:
 
 def write_markdown(path: Path, report: dict) -> None:
     lines = [f"# Loader throughput ({report['machine']})", "",
-             f"Load average (1/5/15 min) before {report['load_average_before']}, after {report['load_average_after']}: "
-             "other jobs shared the cores; rounds are interleaved so that they affect every loader alike.", "",
+             f"Load average (1/5/15 min) before {report['load_average_before']}, after {report['load_average_after']} "
+             "(the benchmark itself keeps the cores busy); rounds are interleaved so that any other load hits "
+             "every loader alike.", "",
              f"Demo synth shards, mix {report['mix_weights']}, B={report['batch_size']}, T={report['frames']}, "
              f"crop {report['crop']}, frame step {report['frame_step']}, {report['workers']} workers, "
              f"{report['threads']} DALI threads, CPU resize backend {report['resize_backend']}; "

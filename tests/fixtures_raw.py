@@ -173,3 +173,32 @@ def make_folder(root: Path, clips_per_class: int = 2, frames: int = 12) -> dict:
                 seed += 1
         write_image(root / split / "dog" / "still.jpg", seed=seed)
     return {"classes": ["cat", "dog"]}
+
+
+SYNTH_PART_WRITERS = {"synth-ucf": make_ucf101, "synth-ssv2": make_ssv2, "synth-in": make_imagenet100,
+                      "synth-diving": make_diving48}
+
+
+def install_fake_synth_generator(monkeypatch) -> list[dict]:
+    """Replace `shards.synth` with a generator that writes the miniature fixture trees, one per synth part.
+
+    The shard builder's `synth` source then runs its real adapters on them in about a second. Returns the
+    list the fake appends each call's arguments to."""
+    import sys
+    import types
+
+    calls = []
+
+    def generate_suite(out_root, scale="demo", seed=0, parts=None, workers=None):
+        calls.append({"out_root": Path(out_root), "scale": scale, "seed": seed, "workers": workers})
+        roots = {}
+        for part, writer in SYNTH_PART_WRITERS.items():
+            roots[part] = Path(out_root) / part
+            if not roots[part].exists():
+                writer(roots[part])
+        return roots
+
+    module = types.ModuleType("shards.synth")
+    module.generate_suite = generate_suite
+    monkeypatch.setitem(sys.modules, "shards.synth", module)
+    return calls

@@ -6,39 +6,19 @@ package's own tests cover what it generates.
 """
 from __future__ import annotations
 
-import sys
-import types
-from pathlib import Path
-
 import pyarrow.parquet as pq
 import pytest
 
 import fixtures_raw as raw
 from shards.build import main
 
-PART_WRITERS = {"synth-ucf": raw.make_ucf101, "synth-ssv2": raw.make_ssv2, "synth-in": raw.make_imagenet100,
-                "synth-diving": raw.make_diving48}
 EXPECTED_SPLITS = {"synth-ucf": {"train", "test"}, "synth-ssv2": {"train", "val"}, "synth-in": {"train", "val"},
                    "synth-diving": {"train", "test"}}
 
 
 @pytest.fixture
 def fake_generator(monkeypatch):
-    calls = []
-
-    def generate_suite(out_root, scale="demo", seed=0, parts=None, workers=None):
-        calls.append({"out_root": Path(out_root), "scale": scale, "seed": seed, "workers": workers})
-        roots = {}
-        for part, writer in PART_WRITERS.items():
-            roots[part] = Path(out_root) / part
-            if not roots[part].exists():
-                writer(roots[part])
-        return roots
-
-    module = types.ModuleType("shards.synth")
-    module.generate_suite = generate_suite
-    monkeypatch.setitem(sys.modules, "shards.synth", module)
-    return calls
+    return raw.install_fake_synth_generator(monkeypatch)
 
 
 def test_synth_builds_every_part_with_its_real_adapter(fake_generator, tmp_path):
