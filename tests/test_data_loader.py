@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -201,6 +205,44 @@ def test_torch_crop_flip_resize_flips_exactly_and_casts_on_copy():
     as_float = crop_flip_resize_batch(samples, boxes, 3, 24, dtype=torch.float32)
     assert torch.equal(as_float, crop_flip_resize_batch(samples, boxes, 3, 24).float())
     assert torch.equal(as_float[1, 0], as_float[1, 2])               # the image is a static clip
+
+
+WORKER_HOST = """
+import os, sys, time
+from engine.data import DatasetSpec, LoaderConfig, VideoLoader
+cfg = LoaderConfig([DatasetSpec(sys.argv[1])], batch_size=2, num_frames=4, crop_size=16, decode_device="cpu",
+                   num_workers=2, num_threads=1)
+loader = VideoLoader(cfg)
+loader.next_batch()
+children = [int(p) for p in os.listdir("/proc") if p.isdigit() and p != str(os.getpid())
+            and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1] == str(os.getpid())]
+print(" ".join(map(str, children)), flush=True)
+time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_exit_when_the_training_process_is_killed(folders):
+    host = subprocess.Popen([sys.executable, "-c", WORKER_HOST, str(folders["vid"])], stdout=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        workers = [int(p) for p in host.stdout.readline().split()]
+        assert len(workers) == 2 and all(_alive(p) for p in workers)
+    finally:
+        host.kill()                                            # SIGKILL: no Python cleanup runs
+        host.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in workers), "DALI worker processes outlived the killed loader"
 
 
 def test_state_from_another_configuration_is_refused(folders):

@@ -22,6 +22,9 @@ the stream is endless and epochs are counted by the loader, so DALI never resets
 """
 from __future__ import annotations
 
+import os
+import threading
+import time
 import warnings
 
 import numpy as np
@@ -47,11 +50,29 @@ class SampleSource:
         self.sampler = sampler
         self.first_step = int(first_step)
         self._files: dict[str, object] = {}
+        self._loader_pid = os.getpid()
+        self._watching = False
 
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_files"] = {}
+        state["_watching"] = False
         return state
+
+    def _exit_with_loader(self) -> None:
+        """In a worker process: exit once the loader's process is gone. DALI's workers otherwise outlive a
+        trainer killed with SIGKILL (reparented to init, holding memory and shard handles)."""
+        self._watching = True
+        if os.getpid() == self._loader_pid:   # parallel=False: the callback runs in the loader itself
+            return
+        loader_pid = self._loader_pid
+
+        def watch():
+            while os.getppid() == loader_pid:
+                time.sleep(0.5)
+            os._exit(0)
+
+        threading.Thread(target=watch, name="exit-with-loader", daemon=True).start()
 
     def _read(self, path: str, offset: int, size: int) -> np.ndarray:
         handle = self._files.get(path)
@@ -61,6 +82,8 @@ class SampleSource:
         return np.frombuffer(handle.read(size), np.uint8)
 
     def __call__(self, batch_info) -> tuple[list[np.ndarray], ...]:
+        if not self._watching:
+            self._exit_with_loader()
         step = self.first_step + batch_info.iteration
         plan = self.sampler.plan(step)
         encoded, meta = [], []
