@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import json
+import sys
+import types
 from fractions import Fraction
 from pathlib import Path
 
@@ -184,9 +186,6 @@ def install_fake_synth_generator(monkeypatch) -> list[dict]:
 
     The shard builder's `synth` source then runs its real adapters on them in about a second. Returns the
     list the fake appends each call's arguments to."""
-    import sys
-    import types
-
     calls = []
 
     def generate_suite(out_root, scale="demo", seed=0, parts=None, workers=None):

@@ -14,6 +14,14 @@ RESIZE_BACKENDS = ("auto", "dali", "torch")
 DTYPES = ("float32", "float16", "bfloat16")
 
 
+def resize_in_graph(resize_backend: str, decode_device: str) -> bool:
+    """Whether the crop/flip/resize runs in the DALI graph, for a resolved decode device ('cpu'/'mixed')."""
+    if resize_backend == "torch" and decode_device == "mixed":
+        raise ValueError("resize_backend: 'torch' is the CPU path's resize; with decode_device='mixed' (or "
+                         "'auto' on a GPU) use 'dali' or 'auto' (the resize then runs in DALI on the GPU)")
+    return resize_backend == "dali" or (resize_backend == "auto" and decode_device == "mixed")
+
+
 @dataclass
 class DatasetSpec:
     """One shard folder taking part in the loader's mix."""
@@ -146,9 +154,8 @@ class LoaderConfig:
             raise ValueError(f"decode_device: must be one of {DECODE_DEVICES}, got {self.decode_device!r}")
         if self.resize_backend not in RESIZE_BACKENDS:
             raise ValueError(f"resize_backend: must be one of {RESIZE_BACKENDS}, got {self.resize_backend!r}")
-        if self.resize_backend == "torch" and self.decode_device == "mixed":
-            raise ValueError("resize_backend: 'torch' is the CPU path's resize; with decode_device='mixed' use "
-                             "'dali' or 'auto' (the resize then runs in DALI on the GPU)")
+        if self.decode_device != "auto":   # `auto` is checked once the loader has resolved it
+            resize_in_graph(self.resize_backend, self.decode_device)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype: must be one of {DTYPES}, got {self.dtype!r}")
         lo, hi = self.crop_scale

@@ -26,7 +26,7 @@ import torch
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
 from engine.data.augment import crop_flip_resize_batch
-from engine.data.config import LoaderConfig
+from engine.data.config import LoaderConfig, resize_in_graph
 from engine.data.index import check_decodable, load_dataset_index
 from engine.data.pipeline import (META_DATASET, META_ROI, META_ROW, META_STEP, META_SUBSTITUTED, META_VALID,
                                   DecodeProbe, build_pipeline)
@@ -87,6 +87,7 @@ class VideoLoader:
     def __init__(self, cfg: LoaderConfig):
         self.cfg = cfg.validate()
         self.decode_device = resolve_decode_device(cfg.decode_device)
+        self.resize_in_graph = resize_in_graph(cfg.resize_backend, self.decode_device)
         self.device_id = cfg.device_id if cfg.device_id is not None else int(os.environ.get("LOCAL_RANK", 0))
         self.indexes = [load_dataset_index(spec) for spec in cfg.datasets]
         for index in self.indexes:
@@ -100,9 +101,6 @@ class VideoLoader:
         self._pipe = None
         self._probe: DecodeProbe | None = None
         on_gpu = self.decode_device == "mixed"
-        if cfg.resize_backend == "torch" and on_gpu:
-            raise ValueError("resize_backend: 'torch' is the CPU path's resize; with a GPU use 'dali' or 'auto'")
-        self.resize_in_graph = cfg.resize_backend == "dali" or (cfg.resize_backend == "auto" and on_gpu)
         self._torch_device = torch.device("cuda", self.device_id) if on_gpu else torch.device("cpu")
         self._scale, self._shift = normalisation(cfg, self._torch_device)
 

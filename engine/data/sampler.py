@@ -48,9 +48,7 @@ class BatchPlan:
 
 def clip_frame_step(spec_frame_step: int, target_fps: float | None, video_fps: float) -> int:
     """The recipe's step, or V-JEPA 2's fps rule `ceil(video_fps) // target_fps` (at least 1)."""
-    if target_fps is None or video_fps <= 0:
-        return spec_frame_step
-    return max(1, math.ceil(video_fps) // int(round(target_fps)))
+    return int(clip_frame_steps(spec_frame_step, target_fps, np.array([video_fps]))[0])
 
 
 # Draws per slot from its counter-based stream: 10 crop attempts (area, then aspect), crop y and x, frame
@@ -248,7 +246,8 @@ class ClipSampler:
         is_image, height, width = np.zeros(b, bool), np.zeros(b, np.int64), np.zeros(b, np.int64)
         num_frames, frame_step = np.ones(b, np.int64), np.ones(b, np.int64)
         for d in np.unique(dataset_id):
-            here, rows = dataset_id == d, row[dataset_id == d]
+            here = dataset_id == d
+            rows = row[here]
             index = self.indexes[d]
             is_image[here], height[here], width[here] = index.is_image[rows], index.height[rows], index.width[rows]
             num_frames[here], frame_step[here] = index.num_frames[rows], self._frame_steps[d][rows]
