@@ -273,10 +273,9 @@ def write_markdown(path: Path, report: dict) -> None:
     path.write_text("\n".join(lines))
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_loader_arguments(parser: argparse.ArgumentParser, batches: int, rounds: int) -> None:
+    """The loader settings and round counts `make_config` and the timing loops read (shared with loader_profile)."""
     parser.add_argument("--shards", default="data/shards", help="folder holding synth-ucf, synth-ssv2, synth-in")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "mixed", "both"])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--frame-step", type=int, default=2)
@@ -286,9 +285,15 @@ def main(argv=None) -> int:
     parser.add_argument("--prefetch", type=int, default=2, help="batches DALI prepares ahead (LoaderConfig.prefetch)")
     parser.add_argument("--resize-backend", default="auto", choices=["auto", "dali", "torch"],
                         help="the CPU path's crop/flip/resize (LoaderConfig.resize_backend); mixed always uses auto")
-    parser.add_argument("--batches", type=int, default=20, help="timed batches per round")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best round is reported")
+    parser.add_argument("--batches", type=int, default=batches, help="timed batches per round")
+    parser.add_argument("--rounds", type=int, default=rounds, help="interleaved rounds; the best round is reported")
     parser.add_argument("--seed", type=int, default=0)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_loader_arguments(parser, batches=20, rounds=3)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "mixed", "both"])
     parser.add_argument("--no-reference", action="store_true", help="skip (b)")
     parser.add_argument("--out", default=None, help="result stem (default benchmarks/results/loader-<device>)")
     args = parser.parse_args(argv)
