@@ -33,9 +33,45 @@ def raw(tmp_path_factory) -> Path:
     return out
 
 
-def test_same_seed_same_bytes_any_worker_count(raw, tmp_path):
-    again = generate_suite(tmp_path / "again", scale="test", seed=0, workers=2)
-    assert tree_hashes(raw) == tree_hashes(again["synth-ucf"].parent)
+@pytest.mark.parametrize("workers", [2, 4])
+def test_same_seed_same_bytes_any_worker_count(raw, tmp_path, workers):
+    again = generate_suite(tmp_path / "again", scale="test", seed=0, workers=workers)
+    first, second = tree_hashes(raw), tree_hashes(again["synth-ucf"].parent)
+    for part in PART_NAMES:  # every part, each with media files in it
+        assert any(k.startswith(part) and k.endswith((".avi", ".webm", ".mp4", ".JPEG")) for k in first)
+    assert first == second
+
+
+# Renders every job of every part in a fresh process whose FFmpeg is told the CPU has no SIMD at all, and
+# prints {relpath: sha256}. FFmpeg picks SIMD code per CPU (and per buffer alignment), so bytes that depend
+# on that choice differ between machines and between processes; these must not.
+_NO_SIMD_RENDER = """
+import ctypes, glob, hashlib, json, os, sys
+import av
+libavutil = glob.glob(os.path.join(os.path.dirname(av.__file__), os.pardir, "av.libs", "libavutil*.so*"))
+ctypes.CDLL(libavutil[0]).av_force_cpu_flags(0)
+from shards.synth import SCALES, suite
+scale = SCALES["test"]
+out = {}
+for name, module in suite.PART_MODULES.items():
+    for job in module.plan(scale, 0):
+        out[name + "/" + job.relpath] = hashlib.sha256(module.render(job, scale, 0)).hexdigest()
+print(json.dumps(out))
+"""
+
+
+def test_same_bytes_whatever_simd_ffmpeg_uses(raw):
+    import subprocess
+    import sys
+
+    import av
+    if not list((Path(av.__file__).parent.parent / "av.libs").glob("libavutil*.so*")):
+        pytest.skip("this PyAV build does not bundle its own libavutil")
+    result = subprocess.run([sys.executable, "-c", _NO_SIMD_RENDER], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parent.parent)
+    without_simd = json.loads(result.stdout.strip().splitlines()[-1])
+    with_simd = tree_hashes(raw)
+    assert without_simd and all(with_simd[key] == digest for key, digest in without_simd.items())
 
 
 def test_other_seed_other_content(raw, tmp_path):
@@ -239,3 +275,13 @@ def test_cli_help_and_error(capsys, raw):
     assert exit_info.value.code == 0 and "--scale" in capsys.readouterr().out
     assert cli_main(["--out", str(raw), "--scale", "test", "--seed", "5", "--parts", "synth-in"]) == 2
     assert "other arguments" in capsys.readouterr().err
+
+
+def test_own_yuv_conversion_matches_ffmpeg_within_rounding():
+    from shards.synth import media
+    rows, cols = np.mgrid[0:48, 0:64]
+    smooth = np.stack([cols * 4, rows * 5, (cols + rows) * 2], axis=-1).astype(np.uint8)  # [48, 64, 3]
+    ours = media.rgb_to_yuv420p(smooth)
+    ffmpeg = av.VideoFrame.from_ndarray(smooth, format="rgb24").reformat(format="yuv420p").to_ndarray()
+    assert ours.shape == ffmpeg.shape == (72, 64)
+    assert np.abs(ours.astype(int) - ffmpeg).max() <= 1
