@@ -32,7 +32,7 @@ from nvidia.dali import fn, pipeline_def, types  # noqa: E402
 
 from engine.data import DatasetSpec, LoaderConfig, VideoLoader  # noqa: E402
 from engine.data.index import read_member  # noqa: E402
-from engine.data.pipeline import SampleSource, build_pipeline  # noqa: E402
+from engine.data.pipeline import SampleSource, build_pipeline, remove_autograph_sources  # noqa: E402
 from engine.data.sampler import ClipSampler  # noqa: E402
 from engine.data.reference import reference_sample  # noqa: E402
 
@@ -182,6 +182,7 @@ class DecodeOnlyRun:
             self.batches.append((encoded, list(plan.frames), [np.array(x) for x in plan.is_image]))
         self.pipe = _decode_only_graph(device, batch_size=cfg.batch_size, num_threads=cfg.num_threads,
                                        device_id=0 if device == "mixed" else None, prefetch_queue_depth=1)
+        remove_autograph_sources()  # as the loader does: nothing left in /tmp
         self.pipe.build()
         self.cursor = iter(self.batches)
         self.drain = 1

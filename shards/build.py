@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from shards.catalog import check_out_compatible, keys_of_other_splits
+from shards.catalog import check_out_compatible, keys_of_other_splits, read_index
 from shards.errors import LayoutError
 from shards.items import SourceListing, safe_key
 from shards.pipeline import ShardLimits, SplitSummary, build_split, split_fingerprint, transcode_pool
@@ -46,7 +49,12 @@ OUT receives <split>-000000.tar ..., index.parquet and manifest.json (docs/contr
 Building another split into the same OUT merges; rerunning an interrupted build with the same
 arguments finishes it. Clips become VP9 (DALI decodes it on CPU and GPU; --codec h264 only for
 GPU-only fleets), keyframe every <= 16 frames, constant frame rate, short side <= --short-side.
-Exit status: 0 built (rejected sources are listed in manifest.json), 2 bad arguments or layout.
+Sources that cannot be used (missing, broken, a video under 4 frames, a split-file entry with a space
+in its name) are rejected with a reason in manifest.json; a class left with no sample in a split is
+a warning, or an error with --strict.
+Exit status: 0 built (rejected sources are listed in manifest.json), 1 --strict and a class has no
+samples, 2 bad arguments or layout (--strict: also a class with no file on disk), 130/143 interrupted
+by SIGINT/SIGTERM (rerun the same command to finish).
 """
 
 
@@ -82,6 +90,9 @@ def make_parser() -> argparse.ArgumentParser:
     sharding.add_argument("--overwrite", action="store_true",
                           help="rebuild a split that OUT already holds from other arguments")
     sharding.add_argument("--quiet", action="store_true", help="no progress bar")
+    sharding.add_argument("--strict", action="store_true",
+                          help="fail when a class has no samples in a split (before any work if it has no "
+                               "file on disk; after the build if rejects emptied it); default: a warning")
     specific = parser.add_argument_group("source-specific")
     specific.add_argument("--ucf-split", type=int, default=1, choices=[1, 2, 3],
                           help="ucf101: which official train/test split (default 1)")
@@ -133,7 +144,7 @@ def output_arguments(args: argparse.Namespace, source: str, root: Path, dataset:
 def plan_dataset(source: str, root: Path, out: Path, dataset: str, splits: list[str] | None,
                  args: argparse.Namespace) -> tuple[SourceListing, list[str], dict]:
     """All checks, no work: the listing, the splits that need building, and the output arguments."""
-    options = AdapterOptions(ucf_split=args.ucf_split, class_list=args.class_list)
+    options = AdapterOptions(ucf_split=args.ucf_split, class_list=args.class_list, exclude=out)
     listing = ADAPTERS[source].scan(root, splits, options)
     listing = replace(listing, dataset=dataset)
     build_args = output_arguments(args, source, root, dataset)
@@ -150,14 +161,73 @@ def plan_dataset(source: str, root: Path, out: Path, dataset: str, splits: list[
         built = (manifest or {}).get("splits", {}).get(split)
         journal = out / f".building-{split}"
         if built is not None and not journal.exists():
-            if built.get("build") == split_fingerprint(build_args, split, items):
+            if built.get("build") == split_fingerprint(build_args, split, items, listing.rejects.get(split, [])):
                 print(f"{dataset}/{split}: already built in {out} with these arguments; nothing to do")
                 continue
             if not args.overwrite:
                 raise LayoutError(f"{out / 'manifest.json'}: split {split!r} was built from other arguments or "
                                   "other source files; pass --overwrite to rebuild it or use a new --out")
         to_build.append(split)
+    if args.strict:
+        check_classes_on_disk(listing, root, to_build)
     return listing, to_build, build_args
+
+
+def check_classes_on_disk(listing: SourceListing, root: Path, splits: list[str]) -> None:
+    """--strict, before any work: every class needs at least one listed file that exists."""
+    for split in splits:
+        present = {item.label for item in listing.splits[split] if item.path.is_file()}
+        missing = [name for label, name in enumerate(listing.classes) if label not in present]
+        if missing:
+            names = ", ".join(repr(name) for name in missing[:5]) + (", ..." if len(missing) > 5 else "")
+            raise LayoutError(f"{root}: --strict: {len(missing)} class(es) have no file on disk in split "
+                              f"{split!r} ({names}); add their files, fix the split list, or drop --strict")
+
+
+MAX_CLASS_WARNINGS = 10
+
+
+def empty_classes(listing: SourceListing, out: Path) -> list[tuple[str, str, int]]:
+    """(split, class, sources listed) of each class with no sample in a split of this build, read from
+    OUT's index, so a split built by an earlier run of the same command is checked too."""
+    index = read_index(out)
+    counts: Counter = Counter()
+    if index is not None:
+        counts.update(zip(index.column("split").to_pylist(), index.column("label").to_pylist()))
+    empty = []
+    for split, items in listing.splits.items():
+        listed = Counter(item.label for item in items)
+        empty += [(split, name, listed[label]) for label, name in enumerate(listing.classes)
+                  if counts[(split, label)] == 0]
+    return empty
+
+
+def check_classes(planned: list[tuple[SourceListing, list[str], dict, Path]], strict: bool) -> bool:
+    """Warn about each class left with no samples (one line each, up to MAX_CLASS_WARNINGS per split);
+    with --strict, one error line instead. False when --strict fails."""
+    failures = []
+    for listing, _, _, out in planned:
+        empty = empty_classes(listing, out)
+        failures += [f"{listing.dataset}/{split} {name!r}" for split, name, _ in empty]
+        if strict:
+            continue
+        shown: Counter = Counter()
+        for split, name, listed in empty:
+            shown[split] += 1
+            if shown[split] <= MAX_CLASS_WARNINGS:
+                why = f"all {listed} listed sources rejected" if listed else "no source listed"
+                print(f"warning: {listing.dataset}/{split}: class {name!r} has no samples ({why}; "
+                      f"see rejects in {out / 'manifest.json'})", file=sys.stderr)
+        for split, count in shown.items():
+            if count > MAX_CLASS_WARNINGS:
+                print(f"warning: {listing.dataset}/{split}: {count - MAX_CLASS_WARNINGS} more classes have no "
+                      "samples", file=sys.stderr)
+    if strict and failures:
+        names = ", ".join(failures[:5]) + (", ..." if len(failures) > 5 else "")
+        print(f"error: --strict: {len(failures)} class(es) have no samples ({names}); fix the sources rejected "
+              "in manifest.json and rerun, or drop --strict", file=sys.stderr)
+        return False
+    return True
 
 
 def human_bytes(size: int) -> str:
@@ -194,30 +264,52 @@ def build_planned(planned: list[tuple[SourceListing, list[str], dict, Path]], ar
     return summaries
 
 
-def run(args: argparse.Namespace) -> list[SplitSummary]:
+def plan(args: argparse.Namespace) -> list[tuple[SourceListing, list[str], dict, Path]]:
     check_arguments(args)
     if args.source == "synth":
         from shards.synth_build import plan_synth  # the generator is imported only when asked for
-        return build_planned(plan_synth(args), args)
+        return plan_synth(args)
     dataset = args.dataset_name or (safe_key(args.root.resolve().name) if args.source == "folder" else args.source)
     if safe_key(dataset) != dataset:
         raise LayoutError(f"--dataset-name {dataset!r}: expected letters, digits, '_' or '-'")
     listing, splits, build_args = plan_dataset(args.source, args.root, args.out, dataset,
                                                requested_splits(args.split), args)
-    return build_planned([(listing, splits, build_args, args.out)], args)
+    return [(listing, splits, build_args, args.out)]
+
+
+def run(args: argparse.Namespace) -> list[SplitSummary]:
+    return build_planned(plan(args), args)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that a terminated build stops like an interrupted one:
+    the pool is stopped, the partial shard dropped, and one line said (no traceback from anyone)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
-        run(args)
+        planned = plan(args)
+        build_planned(planned, args)
+        return 0 if check_classes(planned, args.strict) else 1
     except LayoutError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to finish the build", file=sys.stderr)
         return 130
-    return 0
+    except Terminated:
+        print("terminated (SIGTERM); rerun the same command to finish the build", file=sys.stderr)
+        return 143
+    finally:
+        if in_main_thread:  # None: the previous handler was not set from Python
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ class SourceListing:
     dataset: str
     classes: list[str]
     splits: dict[str, list[SourceItem]] = field(default_factory=dict)
+    # Per split: entries of a split file that name no usable sample ({"source", "reason"}). They are
+    # rejected like a broken file, so one bad line does not stop a build of thousands.
+    rejects: dict[str, list[dict]] = field(default_factory=dict)
 
 
 def media_kind(path: Path) -> str | None:

@@ -6,12 +6,17 @@ makes a killed build resumable.
 """
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import hashlib
 import json
 import multiprocessing
-from contextlib import contextmanager
+import os
 import re
+import signal
+import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,16 +46,20 @@ class SplitSummary:
     status: str  # fresh | resumed | restarted
 
 
-def plan_digest(items: list[SourceItem]) -> str:
+def plan_digest(items: list[SourceItem], listing_rejects: list[dict] = ()) -> str:
     """Identifies the sample list, so a journal is only resumed against the very same listing."""
     digest = hashlib.sha256()
     for item in items:
         digest.update(f"{item.key}\t{item.source}\t{item.label}\t{item.kind}\n".encode())
+    # Entries the adapter rejected are part of the listing; without any (the usual case) the digest is
+    # the one earlier builds recorded, so their OUT folders stay "already built".
+    for reject in listing_rejects:
+        digest.update(f"rejected\t{reject['source']}\n".encode())
     return digest.hexdigest()
 
 
-def split_fingerprint(build_args: dict, split: str, items: list[SourceItem]) -> dict:
-    return {**build_args, "split": split, "samples": len(items), "plan_sha256": plan_digest(items)}
+def split_fingerprint(build_args: dict, split: str, items: list[SourceItem], listing_rejects: list[dict] = ()) -> dict:
+    return {**build_args, "split": split, "samples": len(items), "plan_sha256": plan_digest(items, listing_rejects)}
 
 
 def sample_metadata(item: SourceItem, dataset: str, encoded: Encoded) -> dict:
@@ -60,13 +69,37 @@ def sample_metadata(item: SourceItem, dataset: str, encoded: Encoded) -> dict:
             "height": encoded.height, "codec": encoded.codec}
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _init_worker(parent_pid: int) -> None:
+    """Interrupts are the parent's business. Ctrl-C reaches the whole process group: the parent says
+    one line and terminates the pool, where each worker would print a KeyboardInterrupt traceback
+    (transcode_pool starts workers with SIGINT ignored; this covers one the pool replaces later).
+    A parent that is gone (kill -9) takes its workers with it, where each would print a BrokenPipe
+    traceback when it hands back its next result."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(0)
+
+
 @contextmanager
 def transcode_pool(workers: int):
     """Worker processes for transcoding (spawned: no inherited threads or locks); None for one worker."""
     if workers <= 1:
         yield None
         return
-    pool = multiprocessing.get_context("spawn").Pool(workers)
+    # Workers start with SIGINT ignored: the disposition survives exec and Python keeps an ignored SIGINT,
+    # so a Ctrl-C that lands while a worker is still importing cannot print its traceback either.
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
+    try:
+        pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(os.getpid(),))
+    finally:
+        if in_main_thread:  # None: the previous handler was not set from Python
+            signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
     try:
         yield pool
     finally:
@@ -93,7 +126,8 @@ def build_split(out: Path, listing: SourceListing, split: str, settings: Transco
                 build_args: dict, pool=None, progress: bool = True) -> SplitSummary:
     """`pool`: a multiprocessing pool of transcode workers, or None to transcode in this process."""
     items = listing.splits[split]
-    fingerprint = split_fingerprint(build_args, split, items)
+    listing_rejects = listing.rejects.get(split, [])
+    fingerprint = split_fingerprint(build_args, split, items, listing_rejects)
     out.mkdir(parents=True, exist_ok=True)
     state, status = BuildState.open(out, split, fingerprint)
     if status == "restarted":
@@ -104,7 +138,8 @@ def build_split(out: Path, listing: SourceListing, split: str, settings: Transco
               f"({state.next_position}/{len(items)} sources done)")
     writer = ShardSetWriter(out, split, len(state.shards), limits.target_bytes, limits.max_samples)
     jobs = [(str(item.path), item.kind, settings) for item in items[state.next_position:]]
-    pending_rejects: list[dict] = []
+    # Entries the adapter rejected go first; a resumed journal holds them already (in its first commit).
+    pending_rejects: list[dict] = [] if status == "resumed" else list(listing_rejects)
     bar = tqdm(total=len(items), initial=state.next_position, desc=f"{listing.dataset}/{split}", unit="clip",
                disable=not progress, dynamic_ncols=True)
     try:
@@ -132,6 +167,20 @@ def build_split(out: Path, listing: SourceListing, split: str, settings: Transco
     return finalize_split(out, listing, split, state, build_args, status)
 
 
+@contextmanager
+def catalog_lock(out: Path):
+    """An exclusive lock on the OUT folder itself (flock on its descriptor), so no lock file is left.
+
+    Builds before this one left a 0-byte `.catalog.lock` in OUT; it is removed under the lock."""
+    descriptor = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        (out / ".catalog.lock").unlink(missing_ok=True)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
+
+
 def finalize_split(out: Path, listing: SourceListing, split: str, state: BuildState, build_args: dict,
                    status: str) -> SplitSummary:
     """Index and manifest take the split's rows; then the journal goes. Safe to repeat if killed here.
@@ -139,8 +188,7 @@ def finalize_split(out: Path, listing: SourceListing, split: str, state: BuildSt
     The merge holds a lock on OUT, so splits built by parallel processes into one OUT all land."""
     rows = state.rows()
     entry = {"count": len(rows), "shards": state.shards, "rejects": state.rejects, "build": state.fingerprint}
-    with open(out / ".catalog.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with catalog_lock(out):
         merge_index(out, split, rows)
         merge_manifest(out, listing.dataset, listing.classes, split, entry, build_args)
     _remove_stale_shards(out, split, keep=len(state.shards))

@@ -7,8 +7,8 @@ The encoder runs single-threaded with bit-exact muxing, so the same input gives 
 Images: kept byte-for-byte when they are RGB or greyscale JPEG within the size cap, else re-encoded
 as JPEG.
 
-A file that is missing, empty, undecodable, truncated or holds no frames becomes a `Rejected` with a
-one-line reason; nothing here raises for bad media.
+A file that is missing, empty, undecodable, truncated, holds no frames or a video shorter than
+MIN_VIDEO_FRAMES becomes a `Rejected` with a one-line reason; nothing here raises for bad media.
 """
 from __future__ import annotations
 
@@ -28,6 +28,10 @@ FALLBACK_FPS = Fraction(25)
 # A container may over-declare its length by a frame or two (edit lists, a dropped last frame);
 # a truncated file misses far more than this.
 TRUNCATION_SLACK_FRAMES, TRUNCATION_SLACK_FRACTION = 2, 0.05
+# Fewest frames a video may hold: two tubelets of 2 frames, the least that carries any motion for a
+# video model. Shorter ones would be looped into static clips by the loader and train as stills; they
+# are rejected whatever the recipe. Images (ImageNet) are stills by design and not subject to this.
+MIN_VIDEO_FRAMES = 4
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,9 @@ def transcode_video(path: Path, settings: TranscodeSettings) -> Encoded | Reject
     slack = max(TRUNCATION_SLACK_FRAMES, int(TRUNCATION_SLACK_FRACTION * declared))
     if declared and decoded + slack < declared:
         return Rejected(f"truncated: decoded {decoded} of the {declared} frames the container declares")
+    if decoded < MIN_VIDEO_FRAMES:
+        return Rejected(f"too short: {decoded} frame{'s' if decoded != 1 else ''}, a video needs at least "
+                        f"{MIN_VIDEO_FRAMES} (two tubelets of 2); a still belongs in an image file")
     return encoder.finish()
 
 

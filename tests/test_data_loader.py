@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -243,6 +244,20 @@ def test_workers_exit_when_the_training_process_is_killed(folders):
     while any(_alive(p) for p in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(_alive(p) for p in workers), "DALI worker processes outlived the killed loader"
+
+
+def test_building_the_pipeline_leaves_no_autograph_files(folders):
+    """DALI's conditionals write the converted graph functions to <tmp>/__autograph_generated_file*.py and
+    delete them only at exit, which a killed trainer never reaches: they must be gone once the graph is built."""
+    loader = VideoLoader(cpu_config(DatasetSpec(str(folders["vid"])), DatasetSpec(str(folders["img"]))))
+    try:
+        loader.next_batch()
+        generated = [module.__file__ for name, module in list(sys.modules.items())
+                     if name.startswith("__autograph_generated_file")]
+        assert generated, "the graph was not converted by autograph: this test tests nothing"
+        assert [path for path in generated if os.path.exists(path)] == []
+    finally:
+        loader.close()
 
 
 def test_state_from_another_configuration_is_refused(folders):

@@ -23,6 +23,7 @@ the stream is endless and epochs are counted by the loader, so DALI never resets
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 import warnings
@@ -154,17 +155,40 @@ def build_pipeline(sampler: ClipSampler, first_step: int, decode_device: str, de
 
 def _build_clip_graph(source, decode_device, device_id, has_videos, has_images, parallel, resize):
     cfg = source.sampler.cfg
-    pipe = _clip_graph(
-        source, decode_device, cfg.crop_size, cfg.num_frames, has_videos, has_images, parallel, cfg.prefetch, resize,
-        batch_size=cfg.batch_size, num_threads=cfg.num_threads,
-        device_id=device_id if decode_device == "mixed" else None,
-        prefetch_queue_depth=cfg.prefetch, seed=cfg.seed,
-        py_num_workers=max(cfg.num_workers, 1),
-        # fork is cheap and safe before CUDA exists; once CUDA is initialised only spawn is.
-        py_start_method="fork" if decode_device == "cpu" else "spawn",
-    )
+    try:
+        pipe = _clip_graph(
+            source, decode_device, cfg.crop_size, cfg.num_frames, has_videos, has_images, parallel, cfg.prefetch,
+            resize, batch_size=cfg.batch_size, num_threads=cfg.num_threads,
+            device_id=device_id if decode_device == "mixed" else None,
+            prefetch_queue_depth=cfg.prefetch, seed=cfg.seed,
+            py_num_workers=max(cfg.num_workers, 1),
+            # fork is cheap and safe before CUDA exists; once CUDA is initialised only spawn is.
+            py_start_method="fork" if decode_device == "cpu" else "spawn",
+        )
+    finally:
+        remove_autograph_sources()
     pipe.build()
     return pipe
+
+
+AUTOGRAPH_MODULE_PREFIX = "__autograph_generated_file"
+
+
+def remove_autograph_sources() -> None:
+    """Delete the source files of the graph functions DALI's autograph converted in this process.
+
+    `enable_conditionals=True` makes DALI rewrite the graph function (and the branch functions it
+    calls) through autograph, which writes each rewrite to `<tmp>/__autograph_generated_file*.py`,
+    imports it, and deletes the file only at interpreter exit (atexit), which a killed or os._exit-ed
+    process never reaches: two files per pipeline were left in /tmp. The modules are imported by then
+    and autograph caches them per function, so the files only served source lines in tracebacks."""
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None) if name.startswith(AUTOGRAPH_MODULE_PREFIX) else None
+        if path:
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
 
 
 @pipeline_def

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from .errors import EvalInputError
 from .features import POOLINGS
 from .probes import ProbeArch
 
@@ -88,16 +89,29 @@ def resolve_benchmarks(names: str | list[str]) -> list[Benchmark]:
     if isinstance(names, str):
         names = list(SUITES[names]) if names in SUITES else [n.strip() for n in names.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCHMARKS]
-    if unknown:
-        raise ValueError(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)} or a suite {sorted(SUITES)}")
+    if unknown or not names:
+        raise EvalInputError(f"--benchmarks: unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)} or a "
+                             f"suite {sorted(SUITES)}")
     return [BENCHMARKS[n] for n in names]
+
+
+def build_hint(shards_root: str | Path, benchmark: Benchmark) -> str:
+    """The command that writes the benchmark's shard folder: the synth suite's, or the real dataset's own."""
+    if benchmark.mirrors:
+        return (f"`python -m shards.build synth --root data/raw --out {shards_root} --scale demo` "
+                f"(writes all four synth parts)")
+    # A real benchmark's name is the shards.build source that reads its published layout.
+    extra = " --ucf-split 1" if benchmark.name == "ucf101" else ""
+    return (f"`python -m shards.build {benchmark.name} --root RAW --out {Path(shards_root) / benchmark.folder}{extra}` "
+            f"with RAW the dataset in its published layout (`python -m shards.build --help` lists it)")
 
 
 def benchmark_folder(shards_root: str | Path, benchmark: Benchmark) -> Path:
     folder = Path(shards_root) / benchmark.folder
-    if not (folder / "index.parquet").exists():
-        raise FileNotFoundError(f"{folder}/index.parquet: missing; build it with `python -m shards.build` "
-                                f"(synth: `python -m shards.build synth --root data/raw --out {shards_root} --scale demo`)")
+    for name in ("index.parquet", "manifest.json"):
+        if not (folder / name).is_file():
+            raise EvalInputError(f"{folder / name}: missing (benchmark {benchmark.name}, --shards {shards_root}); "
+                                 f"build it with {build_hint(shards_root, benchmark)}")
     return folder
 
 
@@ -123,20 +137,56 @@ def _sources(folder: Path, rows: list[dict]) -> set[str]:
     return sources
 
 
-def check_splits_disjoint(folder: Path, benchmark: Benchmark) -> dict:
-    """Refuse a benchmark whose probe-training split shares a key or a source file with its test split."""
+def _split_rows(folder: Path, benchmark: Benchmark) -> tuple[list[dict], list[dict]]:
+    """The index rows of the train and the test split; a split without rows is an EvalInputError."""
     table = pq.read_table(folder / "index.parquet", columns=["key", "split", "shard", "json_offset", "json_size"])
     rows = table.to_pylist()
     train = [r for r in rows if r["split"] == benchmark.train_split]
     test = [r for r in rows if r["split"] == benchmark.test_split]
     for split, chosen in ((benchmark.train_split, train), (benchmark.test_split, test)):
         if not chosen:
-            raise ValueError(f"{folder}/index.parquet has no rows of split {split!r}; build that split into the folder")
+            raise EvalInputError(f"{folder}/index.parquet has no rows of split {split!r}; build that split into the "
+                                 f"folder with {build_hint(folder.parent, benchmark)}")
+    return train, test
+
+
+def check_splits_disjoint(folder: Path, benchmark: Benchmark) -> dict:
+    """Refuse a benchmark whose probe-training split shares a key or a source file with its test split."""
+    train, test = _split_rows(folder, benchmark)
     shared_keys = {r["key"] for r in train} & {r["key"] for r in test}
     shared_sources = _sources(folder, train) & _sources(folder, test)
     if shared_keys or shared_sources:
         example = sorted(shared_keys or shared_sources)[0]
-        raise ValueError(f"{folder}: {benchmark.train_split} and {benchmark.test_split} overlap "
-                         f"({len(shared_keys)} keys, {len(shared_sources)} sources, e.g. {example!r}); "
-                         f"rebuild the shards from the official split lists")
+        raise EvalInputError(f"{folder}: {benchmark.train_split} and {benchmark.test_split} overlap "
+                             f"({len(shared_keys)} keys, {len(shared_sources)} sources, e.g. {example!r}); "
+                             f"rebuild the shards from the official split lists")
     return {"train": len(train), "test": len(test), "shared_keys": 0, "shared_sources": 0}
+
+
+@dataclass(frozen=True)
+class CheckedBenchmark:
+    """A benchmark whose shard folder passed every check that can run before the encoder is loaded."""
+
+    benchmark: Benchmark
+    folder: Path
+    split_check: dict
+    num_classes: int
+
+
+def check_benchmark(shards_root: str | Path, benchmark: Benchmark, decode_device: str = "auto") -> CheckedBenchmark:
+    """Folder, index, manifest, disjoint splits, and what the loader checks before it decodes (every shard
+    present and whole, codecs this machine decodes): all before any work, as one-line EvalInputErrors."""
+    from engine.data import DatasetSpec
+    from engine.data.index import check_decodable, load_dataset_index
+    from engine.data.loader import resolve_decode_device
+
+    folder = benchmark_folder(shards_root, benchmark)
+    _split_rows(folder, benchmark)  # a missing split first: its error carries the build command
+    try:
+        device = resolve_decode_device(decode_device)
+        for split in (benchmark.train_split, benchmark.test_split):
+            check_decodable(load_dataset_index(DatasetSpec(root=str(folder), split=split)), device)
+    except (FileNotFoundError, ValueError) as error:  # the loader's own one-line input errors
+        raise EvalInputError(f"benchmark {benchmark.name}: {error}") from None
+    split_check = check_splits_disjoint(folder, benchmark)  # reads every sample's json: shards must be whole
+    return CheckedBenchmark(benchmark, folder, split_check, num_classes(folder))

@@ -18,6 +18,8 @@ import torch
 
 from engine.models import ModelConfig, VisionTransformer
 
+from .errors import EvalInputError
+
 EXPORT_NAME = "encoder.safetensors"
 
 
@@ -30,6 +32,26 @@ class EncoderSource:
     path: str = ""  # the export file, for kind "run"
     model_config: str = ""  # JSON of the ModelConfig, for kind "random"
     seed: int = 0  # init seed, for kind "random"
+
+    def check(self) -> None:
+        """A run's export exists and is an export of this engine; else a one-line EvalInputError."""
+        if self.kind != "run":
+            return
+        from safetensors import SafetensorError
+
+        from engine.export import read_metadata
+
+        if not Path(self.path).is_file():
+            raise EvalInputError(f"{self.path}: no exported encoder here; finish the run (train.export_at_end) or "
+                                 f"export a checkpoint with `python -m engine.export <run>/checkpoints/step_N "
+                                 f"--out {self.path}`")
+        try:
+            read_metadata(self.path)
+        except SafetensorError as error:
+            raise EvalInputError(f"{self.path}: not a safetensors file ({error}); expected the "
+                                 f"encoder.safetensors that engine.export writes") from None
+        except ValueError as error:  # read_metadata's one-line "not an encoder export of this engine"
+            raise EvalInputError(str(error)) from None
 
     def fingerprint(self) -> str:
         """Identifies the weights: the export's sha256, or the config + seed of a random init."""

@@ -11,15 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
-from .benchmarks import SUITES, Benchmark, ProbeProtocol, benchmark_folder, check_splits_disjoint, num_classes, resolve_benchmarks
+from .benchmarks import SUITES, Benchmark, CheckedBenchmark, ProbeProtocol, check_benchmark, resolve_benchmarks
 from .clips import encoder_forward, eval_batches
 from .encoders import EncoderSource
+from .errors import EvalInputError
 from .features import CachedFeatures, ExtractionSpec, cache_is_complete, extract_to_cache, load_cache
 from .probe_train import ProbeTrainConfig, train_probe_sweep
 
@@ -93,31 +95,33 @@ def evaluate_encoder(
     """Evaluate `source` on every benchmark of `config`; returns (and stores) {benchmark: entry}."""
     device = device or default_device()
     results_path = Path(results_dir) / f"{source.name}.json"
+    source.check()
     fingerprint = source.fingerprint()
     stored = json.loads(results_path.read_text()) if results_path.exists() else {}
     if stored.get("fingerprint") != fingerprint:
         stored = {"fingerprint": fingerprint, "encoder": source.describe(), "benchmarks": {}}
-    encoder = None
+    todo = []
     for benchmark in resolve_benchmarks(list(config.benchmarks)):
         key = config.key(benchmark)
         previous = stored["benchmarks"].get(benchmark.name)
-        if previous is not None and previous.get("key") == key:
-            continue
-        if encoder is None:
-            encoder = source.load(device)
-        stored["benchmarks"][benchmark.name] = _evaluate_benchmark(
-            encoder, fingerprint, benchmark, config, key, Path(shards_root), Path(cache_root), batch_source, device,
-            source.name)
+        if previous is None or previous.get("key") != key:
+            todo.append((benchmark, key))
+    # Every benchmark's inputs are checked before the first extraction: a folder missing for the last
+    # benchmark must stop the evaluation now, not after the features of the first.
+    checked = [(check_benchmark(shards_root, benchmark), key) for benchmark, key in todo]
+    encoder = source.load(device) if checked else None
+    for inputs, key in checked:
+        stored["benchmarks"][inputs.benchmark.name] = _evaluate_benchmark(
+            encoder, fingerprint, inputs, config, key, Path(cache_root), batch_source, device, source.name)
         _write_json(results_path, stored)  # after every benchmark, so an interruption loses at most one
     _write_json(results_path, stored)
     return json.loads(results_path.read_text())  # the same form whether computed now or reused
 
 
-def _evaluate_benchmark(encoder, fingerprint: str, benchmark: Benchmark, config: EvalConfig, key: dict,
-                        shards_root: Path, cache_root: Path, batch_source: BatchSource, device, encoder_name: str) -> dict:
-    folder = benchmark_folder(shards_root, benchmark)
-    split_check = check_splits_disjoint(folder, benchmark)
-    classes = num_classes(folder)
+def _evaluate_benchmark(encoder, fingerprint: str, inputs: CheckedBenchmark, config: EvalConfig, key: dict,
+                        cache_root: Path, batch_source: BatchSource, device, encoder_name: str) -> dict:
+    benchmark, folder = inputs.benchmark, inputs.folder
+    split_check, classes = inputs.split_check, inputs.num_classes
     spec = ExtractionSpec(num_frames=encoder.cfg.num_frames, crop_size=encoder.cfg.img_size,
                           num_clips=config.num_clips, num_views=config.num_views, pooling=config.pooling(benchmark))
     caches = {}
@@ -157,20 +161,32 @@ def limit_cpu_threads() -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: expected 1 or more")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Frozen-probe evaluation of one exported encoder.")
     parser.add_argument("export", help="runs/<run>/encoder.safetensors")
     parser.add_argument("--benchmarks", default="synth", help="'synth', 'real' or a comma-separated list")
     parser.add_argument("--shards", default="data/shards", help="folder holding the benchmarks' shard folders")
     parser.add_argument("--out", default="eval_out", help="results and feature cache folder")
-    parser.add_argument("--probe-epochs", type=int, default=None, help="epochs of every probe (default: the paper's)")
+    parser.add_argument("--probe-epochs", type=positive_int, default=None,
+                        help="epochs of every probe (default: the paper's)")
     args = parser.parse_args(argv)
     limit_cpu_threads()
-    names = tuple(b.name for b in resolve_benchmarks(args.benchmarks))
     source = EncoderSource(name=Path(args.export).parent.name, kind="run", path=args.export)
-    config = EvalConfig(benchmarks=names, probe_epochs=args.probe_epochs)
     out = Path(args.out)
-    stored = evaluate_encoder(source, config, args.shards, out / "features", out / "evals")
+    try:
+        names = tuple(b.name for b in resolve_benchmarks(args.benchmarks))
+        config = EvalConfig(benchmarks=names, probe_epochs=args.probe_epochs)
+        stored = evaluate_encoder(source, config, args.shards, out / "features", out / "evals")
+    except EvalInputError as error:  # the user's input: one line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     for name, entry in stored["benchmarks"].items():
         for probe, result in entry["probes"].items():
             head = result["heads"][0]

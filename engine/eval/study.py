@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from .benchmarks import resolve_benchmarks
 from .encoders import EncoderSource, export_model_config, random_encoder, run_encoder
+from .errors import EvalInputError
 from .evaluate import EvalConfig, evaluate_encoder, limit_cpu_threads
 from .report import write_report
 from .results import HEAD_COLUMNS, RANDOM_VARIANT, EncoderInfo, head_rows_from_evaluation, rows_from_evaluation, write_csv
@@ -255,9 +256,13 @@ def parse_args(argv: list[str] | None) -> StudyConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
-    limit_cpu_threads()
-    report = run_study(config)
+    try:
+        config = parse_args(argv)
+        limit_cpu_threads()
+        report = run_study(config)
+    except EvalInputError as error:  # benchmark names, shard folders, exports: one line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"report: {report}")
     failed = [r for r in json.loads((config.out / "study.json").read_text())["runs"] if r.get("failed")]
     for run in failed:

@@ -15,6 +15,9 @@ class AdapterOptions:
 
     ucf_split: int = 1
     class_list: Path | None = None
+    # The build's OUT folder. It may lie inside ROOT (folder layout: ROOT/shards), and a rerun must not
+    # read its own output as a split or class folder.
+    exclude: Path | None = None
 
 
 def require_root(root: Path, expected: str) -> Path:
@@ -62,5 +65,8 @@ def read_lines(path: Path, expected: str) -> list[tuple[int, str]]:
     return [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
-def sorted_subdirs(path: Path) -> list[Path]:
-    return sorted(child for child in path.iterdir() if child.is_dir() and not child.name.startswith("."))
+def sorted_subdirs(path: Path, exclude: Path | None = None) -> list[Path]:
+    """Visible sub-folders, without `exclude` (the build's own output folder)."""
+    excluded = exclude.resolve() if exclude is not None else None
+    return sorted(child for child in path.iterdir() if child.is_dir() and not child.name.startswith(".")
+                  and (excluded is None or child.resolve() != excluded))

@@ -1,7 +1,8 @@
 """Any dataset laid out as class folders: ROOT/<split>/<class>/<file> (videos, images, or both).
 
-Splits are the sub-folders of ROOT. Classes are the sorted union of class folder names over every
-split folder (not only the ones being built), so labels agree between splits built separately.
+Splits are the sub-folders of ROOT (never the build's OUT folder, which may lie inside ROOT). Classes
+are the sorted union of class folder names over every split folder (not only the ones being built), so
+labels agree between splits built separately.
 Keys are `<split>_<class>_<file stem>` (sanitised), unique across splits.
 """
 from __future__ import annotations
@@ -17,10 +18,11 @@ DATASET = "folder"
 
 def scan(root: Path, splits: list[str] | None, options: AdapterOptions) -> SourceListing:
     require_root(root, "<split>/<class>/<video or image files>")
-    split_dirs = {path.name: path for path in sorted_subdirs(root)}
+    split_dirs = {path.name: path for path in sorted_subdirs(root, options.exclude)}
     if not split_dirs:
         raise LayoutError(f"{root}: no split folders; expected {root}/<split>/<class>/<files>")
-    classes = sorted({class_dir.name for split_dir in split_dirs.values() for class_dir in sorted_subdirs(split_dir)})
+    classes = sorted({class_dir.name for split_dir in split_dirs.values()
+                      for class_dir in sorted_subdirs(split_dir, options.exclude)})
     if not classes:
         raise LayoutError(f"{root}: no class folders; expected {root}/<split>/<class>/<files>")
     label_of = {name: index for index, name in enumerate(classes)}
@@ -30,7 +32,7 @@ def scan(root: Path, splits: list[str] | None, options: AdapterOptions) -> Sourc
             raise LayoutError(f"{split_dirs[split]}: split folder names become shard names; expected letters, "
                               "digits, '_' or '-' only")
         items = []
-        for class_dir in sorted_subdirs(split_dirs[split]):
+        for class_dir in sorted_subdirs(split_dirs[split], options.exclude):
             for path in sorted(class_dir.iterdir()):
                 kind = media_kind(path) if path.is_file() else None
                 if kind is not None:

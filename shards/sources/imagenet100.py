@@ -66,7 +66,7 @@ def scan(root: Path, splits: list[str] | None, options: AdapterOptions) -> Sourc
             raise LayoutError(f"{split_dir}: holds images directly ({loose[0]}, ...); "
                               f"expected class folders {split}/<wnid>/*.JPEG")
         items = []
-        for class_dir in sorted_subdirs(split_dir):
+        for class_dir in sorted_subdirs(split_dir, options.exclude):
             if class_dir.name not in label_of:
                 raise LayoutError(f"{class_dir}: class folder {class_dir.name!r} is not in {class_list}")
             for path in sorted(class_dir.iterdir()):

@@ -35,28 +35,39 @@ def _read_class_index(path: Path) -> list[str]:
     return classes
 
 
-def _read_split_list(list_path: Path, video_root: Path, root: Path, classes: list[str]) -> list[SourceItem]:
+def _read_split_list(list_path: Path, video_root: Path, root: Path,
+                     classes: list[str]) -> tuple[list[SourceItem], list[dict]]:
+    """The samples of a split list, and the entries rejected with a reason (a space inside a name)."""
     by_lower_name = {name.lower(): index for index, name in enumerate(classes)}
     expected = '"<Class>/<file>.avi" optionally followed by a 1-based label'
-    items = []
+    items, rejects = [], []
     for number, line in read_lines(list_path, expected):
         parts = line.split()
+        # "<name> <label>" or "<name>": any other whitespace lies inside the name. The official lists
+        # hold none; a renamed or hand-edited entry rejects that entry only, as a broken file would.
+        has_label = len(parts) >= 2 and parts[-1].isdigit()
+        name_parts = parts[:-1] if has_label else parts
+        if len(name_parts) > 1:
+            rejects.append({"source": f"{list_path.relative_to(root).as_posix()}:{number}",
+                            "reason": f"entry {line!r}: a space inside the file name (or a label that is not a "
+                                      f"number); expected {expected}"})
+            continue
         relative = parts[0].replace("\\", "/")
         folder, _, filename = relative.rpartition("/")
-        if not folder or not filename or ".." in relative.split("/") or len(parts) > 2:
+        if not folder or not filename or ".." in relative.split("/"):
             raise LayoutError(f"{list_path}:{number}: {line!r} is not {expected}")
         if folder.lower() not in by_lower_name:
             raise LayoutError(f"{list_path}:{number}: class folder {folder!r} is not in classInd.txt")
         label = by_lower_name[folder.lower()]
-        if len(parts) == 2:
-            if not parts[1].isdigit() or not 1 <= int(parts[1]) <= len(classes):
+        if has_label:
+            if not 1 <= int(parts[1]) <= len(classes):
                 raise LayoutError(f"{list_path}:{number}: label {parts[1]!r} is not in classInd.txt (1..{len(classes)})")
             if int(parts[1]) - 1 != label:
                 raise LayoutError(f"{list_path}:{number}: label {parts[1]} names {classes[int(parts[1]) - 1]!r} "
                                   f"but the file is in folder {folder!r}")
         path = video_root / folder / filename
         items.append(make_item(root, path, Path(filename).stem, label, classes[label], "video"))
-    return items
+    return items, rejects
 
 
 def scan(root: Path, splits: list[str] | None, options: AdapterOptions) -> SourceListing:
@@ -72,5 +83,7 @@ def scan(root: Path, splits: list[str] | None, options: AdapterOptions) -> Sourc
         if not list_path.is_file():
             raise LayoutError(f"{list_path}: file not found; expected the official {split} list of split "
                               f"{options.ucf_split} (pick another with --ucf-split)")
-        listing.splits[split] = deduplicate_keys(_read_split_list(list_path, video_root, root, classes))
+        items, rejects = _read_split_list(list_path, video_root, root, classes)
+        listing.splits[split] = deduplicate_keys(items)
+        listing.rejects[split] = rejects
     return listing
