@@ -90,6 +90,10 @@ class JEPA(nn.Module):
             self.variant = Variant(self.variant.name, self.variant.terms, self.variant.mask_generator,
                                    self.disable_ema, self.variant.description)
         self.objective = Objective(self.variant, encoder.out_dim, self.paper_compat)
+        for term in self.objective.terms.values():
+            if hasattr(term, "configure"):  # heads sized by the clip geometry (pixel target)
+                geometry = encoder.cfg
+                term.configure(geometry.in_chans * geometry.tubelet_size * geometry.patch_size ** 2)
         self.levels = encoder.out_dim // encoder.embed_dim
         self.trained_encoder = trained_encoder_key(self.disable_ema, self.paper_compat)
 

@@ -15,6 +15,7 @@ from engine.objectives.hamiltonian import HamiltonianTerm
 from engine.objectives.hard_region import HardRegionTerm
 from engine.objectives.kinematic import KinematicTerm
 from engine.objectives.latent_dynamics import LatentDynamicsTerm
+from engine.objectives.pixel_target import PixelTargetTerm
 from engine.objectives.sigreg import SIGRegTerm
 from engine.objectives.spectral import SpectralTerm
 from engine.objectives.velgate import VelocityGateTerm
@@ -32,6 +33,7 @@ TERM_KINDS: dict[str, type[AuxTerm]] = {
     "sigreg": SIGRegTerm,
     "hamiltonian": HamiltonianTerm,
     "velgate": VelocityGateTerm,
+    "pixel_target": PixelTargetTerm,
 }
 
 # Mask generators by their names in engine.masking's registry.
