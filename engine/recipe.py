@@ -164,7 +164,7 @@ class Recipe:
     predictor: PredictorConfig = field_doc(factory=PredictorConfig, doc="Predictor (engine.models.PredictorConfig); `preset:` allowed.")
     objective: ObjectiveConfig = field_doc(factory=lambda: ObjectiveConfig(), doc="Which variant of the study (engine.objectives registry).")
     loss: JEPAConfig = field_doc(factory=JEPAConfig, doc="Context-loss schedule, EMA switch, paper_compat (engine.jepa.JEPAConfig).")
-    masking: Optional[MaskingConfig] = field_doc(None, "Mask generators (engine.masking); null = the variant's own.")
+    masking: Optional[MaskingConfig] = field_doc(None, "Mask generators (engine.masking); null, or no masking.name/masks, = the variant's own.")
     data: LoaderConfig = field_doc(factory=lambda: LoaderConfig(datasets=[DatasetSpec(root="data/shards/synth-ucf")]),
                                    doc="Loader (engine.data.LoaderConfig); batch/rank/seed are set by the trainer.")
     train: TrainConfig = field_doc(factory=TrainConfig, doc="Loop length, batch, logging, checkpoints.")

@@ -105,7 +105,7 @@ class Trainer:
         # The model init is a function of the seed alone (same on every rank, resumed or not).
         torch.manual_seed(r.run.seed)
         variant = resolve_variant(r.objective.spec())
-        self.masks = build_mask_generator(r.masking if r.masking is not None else variant.mask_generator)
+        self.masks = build_mask_generator(r.masking, default=variant.mask_generator)
         self.grid = r.model.grid
         encoder = VisionTransformer(r.model)
         predictor = Predictor(r.predictor, in_dim=encoder.out_dim, grid=self.grid,

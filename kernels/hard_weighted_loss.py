@@ -1,7 +1,8 @@
 """Hard-region weighted L1 loss (the paper's HW term), with its gradient prepared in the forward pass.
 
 loss = mean over valid (b,k) of w[b,k]·e[b,k],  e[b,k] = mean_d |pred−target|,
-w[b,:] = K_b·softmax(e[b, valid]/τ) computed without gradient (contracts.md §4).
+w[b,:] = K_b·softmax(e[b, valid]/τ) computed without gradient (contracts.md §4); with scope="batch" one
+softmax over the valid tokens of the whole batch instead, w = K·softmax(e[valid]/τ), K their count.
 
 Since w carries no gradient, d loss / d pred[b,k,d] = w[b,k]·sign(pred−target)[b,k,d] / (D·count).
 The forward pass is the only one that reads pred and target: while it sums |pred−target| it also
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from kernels.dispatch import use_triton
-from kernels.reference import hard_weighted_loss_reference
+from kernels.reference import check_scope, hard_weighted_loss_reference
 
 
 def _check(pred, target, valid):
@@ -90,12 +91,24 @@ _hw_forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def hard_weighted_loss(
-    pred: torch.Tensor, target: torch.Tensor, tau: float = 1.0, valid: torch.Tensor | None = None
+    pred: torch.Tensor, target: torch.Tensor, tau: float = 1.0, valid: torch.Tensor | None = None,
+    scope: str = "sample",
 ) -> torch.Tensor:
-    """pred, target [B,K,D]; valid bool [B,K] or None -> scalar fp32 loss (gradient through e only)."""
+    """pred, target [B,K,D]; valid bool [B,K] or None -> scalar fp32 loss (gradient through e only).
+
+    scope "sample": one softmax per row (w = K_b·softmax); "batch": one over all valid tokens of the batch
+    (w = K·softmax, K = valid tokens in the batch)."""
     _check(pred, target, valid)
+    check_scope(scope)
     if use_triton(pred):
+        if scope == "batch":
+            # The batch softmax is the row softmax of the batch seen as one row: [B,K,D] -> [1,B·K,D] is a
+            # view, and the row-weights kernel loops over any K, so the same kernels serve both scopes
+            # (one weights program instead of B; the loss is the same mean over valid tokens).
+            B, K, D = pred.shape
+            pred, target = pred.reshape(1, B * K, D), target.reshape(1, B * K, D)
+            valid = valid.reshape(1, B * K) if valid is not None else None
         compute_grad = torch.is_grad_enabled() and (pred.requires_grad or target.requires_grad)
         loss, _, _ = _hw_forward_op(pred, target, float(tau), valid, compute_grad)
         return loss
-    return hard_weighted_loss_reference(pred, target, tau, valid)
+    return hard_weighted_loss_reference(pred, target, tau, valid, scope)

@@ -67,13 +67,33 @@ def token_errors(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred.to(acc) - target.to(acc)).abs().mean(-1)
 
 
+WEIGHT_SCOPES = ("sample", "batch")
+
+
+def check_scope(scope: str) -> str:
+    if scope not in WEIGHT_SCOPES:
+        raise ValueError(f"scope must be one of {WEIGHT_SCOPES}, got {scope!r}")
+    return scope
+
+
 @torch.no_grad()
-def hard_weights(errors: torch.Tensor, tau: float, valid: torch.Tensor) -> torch.Tensor:
-    """w[b,:] = K_b·softmax(e[b, valid]/τ), 0 on invalid tokens; no gradient. [B,K]."""
-    count_per_row = valid.sum(-1, keepdim=True).to(errors.dtype)          # [B,1] = K_b
+def hard_weights(errors: torch.Tensor, tau: float, valid: torch.Tensor, scope: str = "sample") -> torch.Tensor:
+    """Hard-region weights, 0 on invalid tokens; no gradient. [B,K].
+
+    scope "sample": w[b,:] = K_b·softmax(e[b, valid]/τ), one softmax per row (mean weight 1 in each row).
+    scope "batch": w = K·softmax(e[valid]/τ), one softmax over the valid (b,k) of the whole batch, K their
+    count (mean weight 1 over the batch): the released code's hard-weighted LD, which indexes the errors
+    with the batch's valid-pair mask before its softmax.
+    """
     logits = (errors / tau).masked_fill(~valid, float("-inf"))
-    # A row with no valid token gives NaN here; where() turns its weights into zeros.
-    return torch.where(valid, count_per_row * torch.softmax(logits, -1), 0.0)
+    if check_scope(scope) == "sample":
+        count = valid.sum(-1, keepdim=True).to(errors.dtype)               # [B,1] = K_b
+        probs = torch.softmax(logits, -1)
+    else:
+        count = valid.sum().to(errors.dtype)                               # K = valid tokens of the batch
+        probs = torch.softmax(logits.flatten(), 0).view_as(logits)
+    # A row (or batch) with no valid token gives NaN here; where() turns its weights into zeros.
+    return torch.where(valid, count * probs, 0.0)
 
 
 def weighted_mean(errors: torch.Tensor, weights: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -82,9 +102,12 @@ def weighted_mean(errors: torch.Tensor, weights: torch.Tensor, valid: torch.Tens
 
 
 def hard_weighted_loss_reference(
-    pred: torch.Tensor, target: torch.Tensor, tau: float = 1.0, valid: torch.Tensor | None = None
+    pred: torch.Tensor, target: torch.Tensor, tau: float = 1.0, valid: torch.Tensor | None = None,
+    scope: str = "sample",
 ) -> torch.Tensor:
-    """mean over valid (b,k) of w[b,k]·e[b,k], e = mean_d |pred−target|, w = K_b·softmax(e/τ) (no grad)."""
+    """mean over valid (b,k) of w[b,k]·e[b,k], e = mean_d |pred−target|, w = hard_weights(e, τ, valid, scope)
+    (no grad): K_b·softmax per sample, or K·softmax over the whole batch's valid tokens."""
+    check_scope(scope)
     if pred.shape != target.shape or pred.dim() != 3:
         raise ValueError(f"pred and target must both be [B,K,D], got {tuple(pred.shape)} and {tuple(target.shape)}")
     errors = token_errors(pred, target)                                    # [B,K]
@@ -92,7 +115,7 @@ def hard_weighted_loss_reference(
         valid = torch.ones(errors.shape, dtype=torch.bool, device=errors.device)
     if valid.shape != errors.shape or valid.dtype != torch.bool:
         raise ValueError(f"valid must be bool {tuple(errors.shape)}, got {valid.dtype} {tuple(valid.shape)}")
-    return weighted_mean(errors, hard_weights(errors, tau, valid), valid)
+    return weighted_mean(errors, hard_weights(errors, tau, valid, scope), valid)
 
 
 def _check_video_grid(video: torch.Tensor, tubelet: int, patch: int) -> tuple[int, int, int]:

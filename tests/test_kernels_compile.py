@@ -51,13 +51,14 @@ def test_compiled_gather_forward_and_backward():
     assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
 
 
-def test_compiled_hard_weighted_loss_forward_and_backward():
+@pytest.mark.parametrize("scope", ["sample", "batch"])
+def test_compiled_hard_weighted_loss_forward_and_backward(scope):
     g = torch.Generator().manual_seed(1)
     pred, target = torch.randn(2, 5, 3, generator=g), torch.randn(2, 5, 3, generator=g)
     valid = torch.tensor([[True, True, False, True, True], [True, False, True, True, True]])
 
     def objective(pred, target):
-        return 0.3 * hard_weighted_loss(pred, torch.nn.functional.layer_norm(target, (3,)), 1.0, valid)
+        return 0.3 * hard_weighted_loss(pred, torch.nn.functional.layer_norm(target, (3,)), 1.0, valid, scope)
 
     results = []
     for fn in (objective, torch.compile(objective, fullgraph=True)):

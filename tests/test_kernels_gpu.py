@@ -75,7 +75,8 @@ def test_gather_offsets_beyond_int32():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("B,K,D", [(8, 1411, 768), (4, 300, 1000), (3, 5, 7)])
-def test_hard_weighted_loss_matches_reference(B, K, D, dtype):
+@pytest.mark.parametrize("scope", ["sample", "batch"])
+def test_hard_weighted_loss_matches_reference(B, K, D, dtype, scope):
     g = torch.Generator(device="cuda").manual_seed(3)
     pred = torch.randn(B, K, D, device="cuda", generator=g).to(dtype)
     target = torch.randn(B, K, D, device="cuda", generator=g).to(dtype)
@@ -84,7 +85,7 @@ def test_hard_weighted_loss_matches_reference(B, K, D, dtype):
     for backend in ("triton", "reference"):
         p = pred.clone().requires_grad_(True)
         with use_backend(backend):
-            loss = hard_weighted_loss(p, target, 1.0, valid)
+            loss = hard_weighted_loss(p, target, 1.0, valid, scope)
         (2.0 * loss).backward()
         results.append((loss.detach(), p.grad))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=2e-5, atol=1e-6)

@@ -1,4 +1,5 @@
-"""hard_weighted_loss: Triton kernels (interpreter on CPU) against the reference; reference gradients."""
+"""hard_weighted_loss: Triton kernels (interpreter on CPU) against the reference, both weight scopes;
+reference gradients."""
 import pytest
 import torch
 
@@ -23,11 +24,11 @@ def make_inputs(B, K, D, valid_kind, seed, dtype=torch.float32):
     return pred, target, valid
 
 
-def loss_and_grads(pred, target, tau, valid, backend, upstream=1.0):
+def loss_and_grads(pred, target, tau, valid, backend, upstream=1.0, scope="sample"):
     p = pred.clone().requires_grad_(True)
     t = target.clone().requires_grad_(True)
     with use_backend(backend):
-        loss = hard_weighted_loss(p, t, tau, valid)
+        loss = hard_weighted_loss(p, t, tau, valid, scope=scope)
     (loss * upstream).backward()
     return loss.detach(), p.grad, t.grad
 
@@ -38,11 +39,12 @@ SHAPES = [(1, 1, 1), (2, 5, 7), (3, 9, 130), (2, 17, 3), (5, 3, 33)]
 
 @pytest.mark.parametrize("B,K,D", SHAPES)
 @pytest.mark.parametrize("valid_kind", [None, "random", "empty_row"])
-def test_loss_and_gradients_match_reference(B, K, D, valid_kind):
+@pytest.mark.parametrize("scope", ["sample", "batch"])
+def test_loss_and_gradients_match_reference(B, K, D, valid_kind, scope):
     pred, target, valid = make_inputs(B, K, D, valid_kind, seed=B * 100 + K + D)
     tau = 0.7
-    loss_t, gp_t, gt_t = loss_and_grads(pred, target, tau, valid, "triton", upstream=3.0)
-    loss_r, gp_r, gt_r = loss_and_grads(pred, target, tau, valid, "reference", upstream=3.0)
+    loss_t, gp_t, gt_t = loss_and_grads(pred, target, tau, valid, "triton", upstream=3.0, scope=scope)
+    loss_r, gp_r, gt_r = loss_and_grads(pred, target, tau, valid, "reference", upstream=3.0, scope=scope)
     assert loss_t.dtype == torch.float32 and loss_t.shape == ()
     torch.testing.assert_close(loss_t, loss_r, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(gp_t, gp_r, rtol=1e-5, atol=1e-9)
@@ -61,10 +63,11 @@ def test_exact_ties_get_zero_gradient():
 
 
 @pytest.mark.parametrize("tau", [0.05, 1.0, 10.0])
-def test_temperatures(tau):
+@pytest.mark.parametrize("scope", ["sample", "batch"])
+def test_temperatures(tau, scope):
     pred, target, valid = make_inputs(3, 6, 5, "random", seed=int(tau * 100))
-    loss_t, gp_t, _ = loss_and_grads(pred, target, tau, valid, "triton")
-    loss_r, gp_r, _ = loss_and_grads(pred, target, tau, valid, "reference")
+    loss_t, gp_t, _ = loss_and_grads(pred, target, tau, valid, "triton", scope=scope)
+    loss_r, gp_r, _ = loss_and_grads(pred, target, tau, valid, "reference", scope=scope)
     torch.testing.assert_close(loss_t, loss_r, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(gp_t, gp_r, rtol=1e-5, atol=1e-9)
 
@@ -97,19 +100,68 @@ def test_weights_have_mean_one_and_favour_hard_tokens():
         assert torch.equal(torch.argsort(e), torch.argsort(w))             # monotone in the error
 
 
+def clips_of_varying_difficulty(B=8, K=12, D=6, seed=3):
+    """float64 pred/target whose per-sample error level grows with the sample index; ragged valid rows."""
+    pred, target, valid = make_inputs(B, K, D, "random", seed=seed, dtype=torch.float64)
+    difficulty = torch.linspace(0.2, 2.5, B, dtype=torch.float64).view(B, 1, 1)
+    return target + difficulty * (pred - target), target, valid
+
+
+def test_batch_scope_weights_are_one_softmax_over_the_whole_batch():
+    # The released code's HW-LD: err[valid] flattens the batch's valid tokens, w = P·softmax(err/τ).
+    pred, target, valid = clips_of_varying_difficulty()
+    tau = 0.5
+    errors = token_errors(pred, target)
+    flat = errors[valid]                                                   # [P], row-major like err[valid]
+    by_hand = torch.zeros_like(errors)
+    by_hand[valid] = flat.numel() * torch.softmax(flat / tau, dim=0)
+    batch = hard_weights(errors, tau, valid, "batch")
+    torch.testing.assert_close(batch, by_hand, rtol=1e-12, atol=0)
+    assert batch[valid].mean().item() == pytest.approx(1.0)                # mean weight 1 over the batch
+    # Per sample, each row has mean weight 1; over the batch, easy samples give weight to hard ones.
+    sample = hard_weights(errors, tau, valid, "sample")
+    share_batch = batch.sum(-1) / batch.sum()
+    share_sample = sample.sum(-1) / sample.sum()
+    torch.testing.assert_close(share_sample, valid.sum(-1).double() / valid.sum(), rtol=1e-12, atol=0)
+    assert (share_batch / share_sample)[0] < 0.8 and (share_batch / share_sample)[-1] > 1.2
+    # The loss is the same mean over valid tokens of w·e, on both backends.
+    expected = (by_hand * errors).sum() / valid.sum()
+    for backend in ("reference", "triton"):
+        loss, _, _ = loss_and_grads(pred, target, tau, valid, backend, scope="batch")
+        torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
+        other, _, _ = loss_and_grads(pred, target, tau, valid, backend, scope="sample")
+        assert abs(other - expected) > 1e-3
+
+
+def test_batch_scope_of_one_sample_is_the_sample_scope():
+    pred, target, valid = make_inputs(1, 9, 5, "random", seed=41)
+    for backend in ("reference", "triton"):
+        a, ga, _ = loss_and_grads(pred, target, 1.0, valid, backend, scope="batch")
+        b, gb, _ = loss_and_grads(pred, target, 1.0, valid, backend, scope="sample")
+        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(ga, gb)
+
+
+def test_unknown_scope_is_an_error():
+    for backend in ("reference", "triton"):
+        with use_backend(backend), pytest.raises(ValueError, match="scope"):
+            hard_weighted_loss(torch.randn(2, 3, 4), torch.randn(2, 3, 4), scope="row")
+
+
 def test_gradcheck_float64_through_reference():
     # The weights are constants by design, so the reference's gradient is that of the loss with the
     # weights frozen at the evaluation point. gradcheck the differentiable path in float64 ...
     pred, target, valid = make_inputs(2, 4, 3, "random", seed=17, dtype=torch.float64)
-    frozen = hard_weights(token_errors(pred, target), 0.5, valid)
-    p, t = pred.clone().requires_grad_(True), target.clone().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda a, b: weighted_mean(token_errors(a, b), frozen, valid), (p, t))
-    # ... then check that the reference's and the Triton path's gradients are exactly that gradient.
-    weighted_mean(token_errors(p, t), frozen, valid).backward()
-    expected = p.grad.clone()
-    for backend in ("reference", "triton"):
-        _, grad, _ = loss_and_grads(pred, target, 0.5, valid, backend)
-        torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-15)
+    for scope in ("sample", "batch"):
+        frozen = hard_weights(token_errors(pred, target), 0.5, valid, scope)
+        p, t = pred.clone().requires_grad_(True), target.clone().requires_grad_(True)
+        assert torch.autograd.gradcheck(lambda a, b: weighted_mean(token_errors(a, b), frozen, valid), (p, t))
+        # ... then check that the reference's and the Triton path's gradients are exactly that gradient.
+        weighted_mean(token_errors(p, t), frozen, valid).backward()
+        expected = p.grad.clone()
+        for backend in ("reference", "triton"):
+            _, grad, _ = loss_and_grads(pred, target, 0.5, valid, backend, scope=scope)
+            torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-15)
 
 
 def test_weights_carry_no_gradient():

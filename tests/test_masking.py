@@ -184,6 +184,27 @@ def test_configuration_errors():
         register_masking("multiblock", ())
 
 
+def test_masking_without_name_takes_the_default_generator():
+    # A recipe's `masking:` that sets only the motion map keeps the variant's masks (the trainer passes its
+    # generator as the default); None is the variant's generator as it stands.
+    cfg = MaskingConfig(motion_map="trilinear")
+    assert cfg.name is None
+    generator = build_mask_generator(cfg, default="motion_guided")
+    assert generator.masks == MASKING_REGISTRY["motion_guided"] and generator.cfg.motion_map == "trilinear"
+    assert build_mask_generator(cfg).masks == MASKING_REGISTRY["multiblock"]
+    assert build_mask_generator(None, default="amg").masks == MASKING_REGISTRY["amg"]
+    # An explicit name still wins over the default.
+    assert build_mask_generator(MaskingConfig(name="multiblock"), default="amg").masks == MASKING_REGISTRY["multiblock"]
+
+
+def test_trilinear_map_gives_frame_0_the_first_difference_and_cell_mean_gives_it_none():
+    video = torch.randn(1, 3, 4, 2, 2, generator=torch.Generator().manual_seed(2))
+    first = (video[:, :, 1] - video[:, :, 0]).abs().mean(1)
+    trilinear, cell_mean = motion_map(video, (4, 2, 2), "trilinear"), motion_map(video, (4, 2, 2), "cell_mean")
+    torch.testing.assert_close(trilinear[:, 0] / trilinear[:, 1], torch.ones_like(first))
+    assert torch.all(cell_mean[:, 0] == 0)
+
+
 def test_mask_configs_from_mappings():
     cfg = MaskingConfig(name="custom", masks=({"num_blocks": 3, "spatial_scale": [0.2, 0.3]},))
     assert cfg.masks[0] == MaskConfig(num_blocks=3, spatial_scale=(0.2, 0.3))

@@ -184,13 +184,13 @@ def test_velgate_gates_slow_locations_only():
 
 # ---------------------------------------------------------------- LD and HW-LD
 
-def _ld_setup(hard_weighted: bool, paper_compat: bool = False):
+def _ld_setup(hard_weighted: bool, paper_compat: bool = False, weight_scope: str = "batch"):
     torch.manual_seed(1)
     grid = (3, 1, 2)
     student = torch.randn(2, 6, 4, requires_grad=True)
     target = torch.randn(2, 6, 4)
-    term = LatentDynamicsTerm(LatentDynamicsParams(hidden_dim=5, hard_weighted=hard_weighted, tau=0.5), 4,
-                              paper_compat)
+    params = LatentDynamicsParams(hidden_dim=5, hard_weighted=hard_weighted, tau=0.5, weight_scope=weight_scope)
+    term = LatentDynamicsTerm(params, 4, paper_compat)
     view = full_view(student, grid, target)
     return term, view, inputs_for(view, target, grid), student, target
 
@@ -203,8 +203,9 @@ def test_ld_loss_matches_formula():
     assert term.view_loss(view, inputs).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
-def test_hw_ld_weights_detached_but_loss_trains_the_head():
-    term, view, inputs, student, target = _ld_setup(hard_weighted=True)
+@pytest.mark.parametrize("weight_scope", ["batch", "sample"])
+def test_hw_ld_weights_detached_but_loss_trains_the_head(weight_scope):
+    term, view, inputs, student, target = _ld_setup(hard_weighted=True, weight_scope=weight_scope)
     loss = term.view_loss(view, inputs)
     loss.backward()
     grads = [p.grad.clone() for p in term.dyn_head.parameters()]
@@ -213,7 +214,10 @@ def test_hw_ld_weights_detached_but_loss_trains_the_head():
     term.zero_grad()
     z, h = student.view(2, 3, 2, 4), target.view(2, 3, 2, 4)
     err = (term.dyn_head(z[:, :-1]) - (h[:, 1:] - h[:, :-1])).abs().mean(-1).flatten(1)  # [B, pairs]
-    weights = err.shape[1] * torch.softmax(err.detach() / 0.5, dim=-1)
+    if weight_scope == "sample":
+        weights = err.shape[1] * torch.softmax(err.detach() / 0.5, dim=-1)
+    else:
+        weights = err.numel() * torch.softmax(err.detach().flatten() / 0.5, dim=0).view_as(err)
     reference = (weights * err).mean()
     reference.backward()
     assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
@@ -228,6 +232,55 @@ def test_hw_ld_paper_compat_trains_nothing():
     fixed, *_ = _ld_setup(hard_weighted=True, paper_compat=False)
     fixed.load_state_dict(term.state_dict())
     assert fixed.view_loss(view, inputs).item() == pytest.approx(loss.item(), rel=1e-6)
+
+
+def _hw_ld_on_clips_of_varying_difficulty(weight_scope: str, seed: int = 4):
+    """HW-LD on 8 clips whose target changes grow from clip 0 to clip 7; each clip sees its own 11 of 16
+    tokens, so clips differ in their number of valid (t, t+1) pairs too."""
+    torch.manual_seed(seed)
+    grid, b, d, visible = (4, 2, 2), 8, 6, 11
+    n = grid[0] * grid[1] * grid[2]
+    context_idx = torch.stack([torch.randperm(n)[:visible].sort().values for _ in range(b)])  # [B, Kc]
+    student = torch.randn(b, visible, d)
+    scale = torch.linspace(0.1, 3.0, b).view(b, 1, 1)
+    target = scale * torch.randn(b, n, d).cumsum(1)                       # easy clips change little
+    view = MaskView(context_idx, context_idx[:, :0], student, student[:, :0], student, target[:, :0],
+                    target.gather(1, context_idx.unsqueeze(-1).expand(-1, -1, d)), grid)
+    params = LatentDynamicsParams(hidden_dim=5, hard_weighted=True, tau=1.0, weight_scope=weight_scope)
+    torch.manual_seed(0)
+    term = LatentDynamicsTerm(params, d)
+    return term, view, inputs_for(view, target, grid), view.student_grid
+
+
+def test_hw_ld_batch_scope_is_the_released_flattened_softmax():
+    term, view, inputs, grid_feats = _hw_ld_on_clips_of_varying_difficulty("batch")
+    loss = term.view_loss(view, inputs)
+    # The released code: ld_err[valid_pairs] flattens the batch, w = softmax(err_mean/τ)·P over all P pairs.
+    target = inputs.target_grid
+    ld_err = (term.dyn_head(grid_feats.feats[:, :-1]) - (target[:, 1:] - target[:, :-1])).abs()
+    valid_pairs = grid_feats.pairs
+    with torch.no_grad():
+        err_valid = ld_err[valid_pairs]                                    # [P, D]
+        err_mean = err_valid.mean(dim=-1)
+        w = torch.softmax(err_mean / 1.0, dim=-1)
+        w = w * w.shape[-1]
+        released = (err_valid * w.unsqueeze(-1)).mean()
+    assert loss.item() == pytest.approx(released.item(), rel=1e-5)
+    # Per sample, the weight moves between clips: easy clips get less, hard ones more, than per-sample.
+    per_sample, *_ = _hw_ld_on_clips_of_varying_difficulty("sample")
+    per_sample.load_state_dict(term.state_dict())
+    assert abs(per_sample.view_loss(view, inputs).item() - released.item()) > 0.05 * released.item()
+    clip_of_pair = torch.arange(8).view(8, 1, 1).expand_as(valid_pairs)[valid_pairs]
+    share_batch = torch.zeros(8).index_add_(0, clip_of_pair, w) / w.sum()
+    share_sample = valid_pairs.flatten(1).sum(1) / valid_pairs.sum()     # per-sample softmax: mean weight 1 a clip
+    ratio = share_batch / share_sample
+    assert ratio[0] < 0.9 and ratio[-1] > 1.1
+
+
+def test_ld_weight_scope_is_checked():
+    assert LatentDynamicsParams().weight_scope == "batch"
+    with pytest.raises(ValueError, match="weight_scope"):
+        LatentDynamicsTerm(LatentDynamicsParams(hard_weighted=True, weight_scope="row"), feat_dim=8)
 
 
 def test_ld_reads_only_z_dyn():

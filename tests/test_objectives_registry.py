@@ -39,8 +39,9 @@ def test_coefficients_follow_the_released_configs():
     assert terms_of("fwm") == fwm
     assert terms_of("fwm_hw_ld") == {**fwm, "hw": ("hw", 1.0, {"tau": 1.0}),
                                      "ld": ("ld", 1.0, {"input": "dyn", "hidden_dim": 256, "hard_weighted": True,
-                                                        "tau": 1.0})}
+                                                        "tau": 1.0, "weight_scope": "batch"})}
     assert terms_of("hw_ld")["hw"][1] == 1.0 and terms_of("hw_ld")["ld"][2]["hard_weighted"]
+    assert terms_of("hw_ld")["ld"][2]["weight_scope"] == "batch"  # the released code's batch-wide softmax
     assert terms_of("ltc") == {"ltc": ("ltc", 0.5, {"margin": 0.5})}
     assert terms_of("fac")["ac"][2]["input"] == "dyn"
     assert terms_of("kinematic")["kinematic"][1] == 1.0

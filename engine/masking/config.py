@@ -64,13 +64,15 @@ class MaskConfig:
 class MaskingConfig:
     """The mask configs of a training step (one predictor mask token and one context pass each)."""
 
-    name: str = _doc(
-        "multiblock", "registry entry that supplies the mask configs when `masks` is empty; a label otherwise")
+    name: str | None = _doc(
+        None, "registry entry that supplies the mask configs when `masks` is empty; a label otherwise; "
+        "null = the objective variant's own generator (multiblock outside a run)")
     masks: tuple[MaskConfig, ...] = _doc(
         (), "explicit mask configs (mappings are converted); empty = take them from `name`")
     motion_map: str = _doc(
-        "cell_mean", "motion score map: 'cell_mean' (kernels.motion_scores) or 'trilinear' (the original code's "
-        "point-sampled map)")
+        "cell_mean", "motion score map: 'cell_mean' (kernels.motion_scores: cell average, frame 0 static) or "
+        "'trilinear' (the released code's: first difference repeated for frame 0, point-sampled at cell centres; "
+        "the paper recipes set it, docs/paper-deviations.md)")
     max_attempts: int = _doc(
         20, "redraws of a sample whose blocks cover every allowed token, before one token is forced into the context")
 

@@ -64,6 +64,9 @@ class MaskGenerator:
     def __init__(self, cfg: MaskingConfig):
         if cfg.masks:
             masks = cfg.masks
+        elif cfg.name is None:
+            raise ValueError("masking.name is null and masking.masks empty: build it with "
+                             "build_mask_generator(cfg, default=<the variant's generator>)")
         elif cfg.name in MASKING_REGISTRY:
             masks = MASKING_REGISTRY[cfg.name]
         else:
@@ -152,10 +155,17 @@ class MaskGenerator:
         return MaskSet(context_idx, target_idx)
 
 
-def build_mask_generator(cfg: MaskingConfig | str | Sequence[MaskConfig] = "multiblock") -> MaskGenerator:
-    """The one entry point: a MaskingConfig, a registry name, or a list of MaskConfigs."""
-    if isinstance(cfg, str):
+def build_mask_generator(cfg: MaskingConfig | str | Sequence[MaskConfig] | None = "multiblock",
+                         default: str = "multiblock") -> MaskGenerator:
+    """The one entry point: a MaskingConfig, a registry name, or a list of MaskConfigs. None, or a
+    MaskingConfig with neither `name` nor `masks` (a recipe's `masking:` that sets only e.g. motion_map),
+    takes the registry entry `default`; the trainer passes the objective variant's generator."""
+    if cfg is None:
+        cfg = MaskingConfig(name=default)
+    elif isinstance(cfg, str):
         cfg = MaskingConfig(name=cfg)
     elif not isinstance(cfg, MaskingConfig):
         cfg = MaskingConfig(name="custom", masks=tuple(cfg))
+    if cfg.name is None and not cfg.masks:
+        cfg = replace(cfg, name=default)
     return MaskGenerator(cfg)

@@ -12,7 +12,8 @@ from engine.objectives.base import MaskView, MaskViewTerm, StepInputs
 @dataclass(frozen=True)
 class HardRegionParams:
     tau: float = 1.0
-    """Softmax temperature of the weights K·softmax(e/τ) over the masked tokens of a sample."""
+    """Softmax temperature of the weights K·softmax(e/τ) over the masked tokens of a sample (per sample, as
+    in the released code; the hard-weighted LD's softmax spans the batch, see ld's weight_scope)."""
 
 
 class HardRegionTerm(MaskViewTerm):

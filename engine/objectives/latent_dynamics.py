@@ -13,6 +13,7 @@ from engine.objectives.base import MaskView, MaskViewTerm, StepInputs, split_dim
 from engine.objectives.grid import masked_mean
 
 INPUTS = ("all", "dyn")
+WEIGHT_SCOPES = ("batch", "sample")
 
 
 @dataclass(frozen=True)
@@ -24,9 +25,12 @@ class LatentDynamicsParams:
     hidden_dim: int = 256
     """Width of the dynamics head's hidden layer."""
     hard_weighted: bool = False
-    """Reweight the per-pair LD errors by K·softmax(e/τ) over each sample's valid pairs (HW-LD)."""
+    """Reweight the per-pair LD errors by K·softmax(e/τ) over valid pairs, without gradient (HW-LD)."""
     tau: float = 1.0
     """Temperature of that softmax."""
+    weight_scope: str = "batch"
+    """With hard_weighted: "batch" = one softmax over all valid pairs of the batch, K = their count (the
+    released code; docs/paper-deviations.md); "sample" = one softmax per sample over its own valid pairs."""
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -46,6 +50,8 @@ class LatentDynamicsTerm(MaskViewTerm):
         super().__init__(params, feat_dim, paper_compat)
         if params.input not in INPUTS:
             raise ValueError(f"term 'ld': input must be one of {INPUTS}, got {params.input!r}")
+        if params.weight_scope not in WEIGHT_SCOPES:
+            raise ValueError(f"term 'ld': weight_scope must be one of {WEIGHT_SCOPES}, got {params.weight_scope!r}")
         self.input_start = split_dims(feat_dim, params.app_ratio) if params.input == "dyn" else 0
         self.dyn_head = mlp(feat_dim - self.input_start, params.hidden_dim, feat_dim)
 
@@ -60,7 +66,8 @@ class LatentDynamicsTerm(MaskViewTerm):
             if predicted.shape[0] == 0:
                 return predicted.sum() * 0.0
             return (predicted - target_change[pairs]).abs().mean()
-        # Per-sample softmax over pairs needs the rectangular [B, pairs, D] layout and a validity mask.
+        # The softmax over pairs (per sample, or over the whole batch) takes the rectangular [B, pairs, D]
+        # layout and a validity mask.
         b, steps, s, _ = target_change.shape
         no_grad_like_release = torch.no_grad() if self.paper_compat else contextlib.nullcontext()
         with no_grad_like_release:
@@ -72,4 +79,5 @@ class LatentDynamicsTerm(MaskViewTerm):
                 target_change.reshape(b, steps * s, -1),
                 tau=self.params.tau,
                 valid=pairs.reshape(b, steps * s),
+                scope=self.params.weight_scope,
             )

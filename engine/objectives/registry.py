@@ -50,7 +50,9 @@ def _variants(*variants: Variant) -> dict[str, Variant]:
     return {v.name: v for v in variants}
 
 
-# Coefficients and parameters are the released configs' (paper-spec §3.1, §3.2).
+# Coefficients and parameters are the released configs' (paper-spec §3.1, §3.2). The hard-weighted LD's
+# softmax spans the whole batch's valid pairs as in the released code (weight_scope, docs/paper-deviations.md);
+# HW on L_pred stays per sample, as there.
 VARIANTS: dict[str, Variant] = _variants(
     Variant("baseline", (), description="L_pred + λ_ctx·L_ctx (paper-spec §2)"),
     Variant("motion_guided", (), MOTION_GUIDED, description="masking only: origins ∝ motion^2, 10% uniform"),
@@ -62,11 +64,11 @@ VARIANTS: dict[str, Variant] = _variants(
     Variant("fwm_ld", _FWM + (Term("ld", 1.0, {"input": "dyn", "hidden_dim": 256}),),
             description="FWM + LD read from Z_dyn only"),
     Variant("hw_ld", (Term("hw", 1.0, {"tau": 1.0}),
-                      Term("ld", 1.0, {"hidden_dim": 256, "hard_weighted": True, "tau": 1.0})),
+                      Term("ld", 1.0, {"hidden_dim": 256, "hard_weighted": True, "tau": 1.0, "weight_scope": "batch"})),
             description="HW on L_pred + hard-region weighted LD"),
     Variant("fwm_hw_ld", _FWM + (Term("hw", 1.0, {"tau": 1.0}),
                                  Term("ld", 1.0, {"input": "dyn", "hidden_dim": 256, "hard_weighted": True,
-                                                  "tau": 1.0})),
+                                                  "tau": 1.0, "weight_scope": "batch"})),
             description="the headline method: FWM + HW + hard-region weighted LD from Z_dyn"),
     Variant("combo", (Term("delta", 0.5), Term("hw", 0.3, {"tau": 1.0})), AGGRESSIVE_MOTION_GUIDED,
             description="Delta + HW with AMG masking (the config's parameters, not the README's MGM)"),
