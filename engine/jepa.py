@@ -96,6 +96,7 @@ class JEPA(nn.Module):
                 term.configure(geometry.in_chans * geometry.tubelet_size * geometry.patch_size ** 2)
         self.levels = encoder.out_dim // encoder.embed_dim
         self.trained_encoder = trained_encoder_key(self.disable_ema, self.paper_compat)
+        self._kept_targets: Tensor | None = None
 
     @property
     def mask_generator(self) -> str:
@@ -112,8 +113,10 @@ class JEPA(nn.Module):
             return layer_norm_levels(target_encoder(video, modality=modality), self.levels)
 
     def forward(self, video: Tensor, masks: Sequence[MaskPair], step: int, target_encoder: nn.Module | None = None,
-                modality: Tensor | None = None) -> dict[str, Tensor]:
-        """video [B, C, T, H, W]; masks one MaskPair per mask config; step the global iteration.
+                modality: Tensor | None = None, keep_targets: bool = False) -> dict[str, Tensor]:
+        """video [B, C, T, H, W]; masks one MaskPair per mask config; step the global iteration;
+        keep_targets: hold on to this step's targets h (detached) for `pop_kept_targets` (the collapse
+        alarm reads them without a second target pass).
 
         Returns the unweighted value of every term by key ("pred", "ctx", each auxiliary term),
         "lambda_ctx", and "total", the loss to backpropagate."""
@@ -123,6 +126,8 @@ class JEPA(nn.Module):
         # Losses are reduced in fp32 whatever the autocast dtype: bf16 means over millions of
         # elements lose the small differences between terms.
         target = self.targets(video, target_encoder, modality).float()  # [B, N, D]
+        if keep_targets:
+            self._kept_targets = target.detach()
         views = []
         pred_losses, ctx_losses = [], []
         for config_id, mask in enumerate(masks):
@@ -163,6 +168,13 @@ class JEPA(nn.Module):
         losses["lambda_ctx"] = torch.tensor(lam, device=total.device)
         losses["total"] = total
         return losses
+
+    def pop_kept_targets(self) -> Tensor:
+        """The targets h [B, N, D] of the last forward that asked to keep them; released on reading."""
+        if self._kept_targets is None:
+            raise RuntimeError("no targets kept: call forward(..., keep_targets=True) first")
+        kept, self._kept_targets = self._kept_targets, None
+        return kept
 
     @torch.no_grad()
     def update_target(self, target_encoder: nn.Module, momentum: float) -> None:

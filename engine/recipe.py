@@ -2,10 +2,10 @@
 
 A recipe composes sections that the other folders define (`model:` is engine.models.ModelConfig,
 `predictor:` PredictorConfig, `loss:` engine.jepa.JEPAConfig, `masking:` engine.masking.MaskingConfig,
-`data:` engine.data.LoaderConfig; `objective:` names a variant of engine.objectives' registry) with the
-trainer's own (`run:`, `train:`, `optim:`, `ema:`, `parallel:`). Files inherit with `base:` (the shipped
-recipes are base/vitb16.yaml <- regimes/<regime>.yaml <- <regime>_<variant>.yaml, and the same under
-demo/); the command line overrides with `--set key=value`.
+`data:` engine.data.LoaderConfig, `collapse:` engine.training.collapse.CollapseConfig; `objective:` names a
+variant of engine.objectives' registry) with the trainer's own (`run:`, `train:`, `optim:`, `ema:`,
+`parallel:`). Files inherit with `base:` (the shipped recipes are base/vitb16.yaml <- regimes/<regime>.yaml
+<- <regime>_<variant>.yaml, and the same under demo/); the command line overrides with `--set key=value`.
 
     recipe = load_recipe("recipes/mixed_fwm.yaml", ["train.steps=100"])
     python -m engine.recipe recipes/mixed_fwm.yaml --set train.steps=100   # prints the resolved recipe
@@ -26,6 +26,7 @@ from engine.jepa import JEPAConfig
 from engine.masking.config import MaskingConfig
 from engine.objectives.registry import VARIANTS
 from engine.models.config import MODEL_PRESETS, PREDICTOR_PRESETS, ModelConfig, PredictorConfig
+from engine.training.collapse import CollapseConfig
 from engine.training.typed_yaml import (
     ConfigError,
     apply_overrides,
@@ -171,6 +172,8 @@ class Recipe:
     optim: OptimConfig = field_doc(factory=OptimConfig, doc="AdamW and its schedules.")
     ema: EmaConfig = field_doc(factory=EmaConfig, doc="EMA target momentum.")
     parallel: ParallelConfig = field_doc(factory=ParallelConfig, doc="ZeRO stage, precision, kernels.")
+    collapse: CollapseConfig = field_doc(factory=CollapseConfig, doc="Collapse alarm on the target features "
+                                         "(engine.training.collapse): how often, and its thresholds.")
 
     @property
     def run_dir(self) -> Path:

@@ -75,6 +75,7 @@ class Trainer:
         from engine.models import Predictor, VisionTransformer, make_ema_target
         from engine.objectives.registry import resolve_variant
         from engine.training.checkpoint import CheckpointManager
+        from engine.training.collapse import CollapseAlarm
         from engine.training.ds_config import build_ds_config, resolve_precision
 
         r = self.recipe
@@ -136,6 +137,7 @@ class Trainer:
                             dtype="bfloat16" if self.precision == "bf16" else "float32")
         self.loader = VideoLoader(data_cfg)
         self.ckpt = CheckpointManager(self.run_dir, r.train.keep_last)
+        self.collapse = CollapseAlarm(r.collapse)
 
     # -- the loop -------------------------------------------------------------------------------------
 
@@ -147,6 +149,7 @@ class Trainer:
         from kernels import use_backend
         from engine.models import encoder_flops, predictor_flops
         from engine.training import schedules
+        from engine.training.collapse import collapse_metrics, last_level
         from engine.training.faults import NonFiniteGuard, StopSignal
         from engine.training.metrics import MetricsWriter, StepTimer, peak_flops
 
@@ -160,6 +163,7 @@ class Trainer:
             start_step = trainer_state["step"]
             self.target.load_state_dict(trainer_state["ema_target"])
             guard.load_state_dict(trainer_state["nonfinite"])
+            self.collapse.load_state_dict(trainer_state.get("collapse"))
             self.loader.load_state_dict(rank_state["loader"])
             self.log(f"resumed from {resume_from} at step {start_step}")
         metrics = MetricsWriter(self.run_dir, enabled=rank == 0,
@@ -190,6 +194,8 @@ class Trainer:
 
                 # -- forward/backward over the micro-batches of this step -------------------------
                 sums: dict[str, float] = {}
+                collapse_row: dict[str, float] = {}
+                measure_collapse = rank == 0 and self.collapse.due(step)
                 nonfinite_local = 0.0
                 flops = 0.0
                 for micro in range(self.accum):
@@ -202,7 +208,8 @@ class Trainer:
                         masks = self.masks(video.shape[0], self.grid, generator, video)
                     with timer.section("compute"):
                         with autocast:
-                            losses = self.engine(video, masks, step, target_encoder=self.target)
+                            losses = self.engine(video, masks, step, target_encoder=self.target,
+                                                 keep_targets=measure_collapse and micro == 0)
                         total = losses["total"]
                         finite = bool(torch.isfinite(total.detach()).item())
                         if not finite:
@@ -214,6 +221,10 @@ class Trainer:
                         for key, value in losses.items():
                             sums[key] = sums.get(key, 0.0) + float(value.detach()) / self.accum
                         flops += self._step_flops(masks, video.shape[0], encoder_flops, predictor_flops)
+                    if measure_collapse and micro == 0:
+                        with timer.section("collapse"):
+                            collapse_row = collapse_metrics(last_level(self.jepa.pop_kept_targets(),
+                                                                       enc_cfg.embed_dim))
                     if micro < self.accum - 1:
                         with timer.section("optimizer"):
                             self.engine.step()  # accumulation micro-step: DeepSpeed only counts it
@@ -251,11 +262,14 @@ class Trainer:
                 row["tflops_per_s"] = flops / wall / 1e12  # model FLOPs actually achieved by this rank
                 if peak is not None:
                     row["mfu"] = flops / (wall * peak)
-                if step % r.train.log_every == 0 or step == total_steps:
+                row.update(collapse_row)
+                if step % r.train.log_every == 0 or step == total_steps or collapse_row:
                     metrics.write(row)
                 bar.update(1)
                 bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}", lr=f"{lr:.2e}",
                                 clips_s=f"{clips_per_s:.1f}", stall=f"{row['data_stall']:.0%}", refresh=False)
+                for warning in self.collapse.check(step, collapse_row) if collapse_row else ():
+                    self.log(warning)
                 if not applied:
                     self.log(f"step {step}: non-finite loss, step skipped ({guard.skipped_total} skipped so far, "
                              f"{guard.in_row} in a row)")
@@ -299,12 +313,14 @@ class Trainer:
 
     def save(self, step: int, guard) -> None:
         trainer_state = {"step": step, "ema_target": self.target.state_dict(), "nonfinite": guard.state_dict(),
+                         "collapse": self.collapse.state_dict(),
                          "trained_encoder": self.jepa.trained_encoder, "run": self.recipe.run.name}
         folder = self.ckpt.save(step, self.engine, trainer_state, {"loader": self.loader.state_dict(), "step": step})
         self.log(f"checkpoint {folder}")
 
     def finish(self, step: int) -> None:
         from engine.export import export_encoder
+        from engine.training.collapse import plot_collapse
         from engine.training.metrics import plot_losses, read_metrics
 
         r = self.recipe
@@ -327,7 +343,10 @@ class Trainer:
                     summary.append(f"{r.train.global_batch / mean_wall:.1f} clips/s, "
                                    f"{r.train.global_batch * r.model.num_tokens / mean_wall:.0f} tokens/s, "
                                    f"data stall {100 * sum(stalls) / len(stalls):.1f}%")
-                summary.append(f"metrics {metrics_csv}, plot {plot}")
+                collapse_plot = plot_collapse(metrics_csv, self.run_dir / "collapse.png", self.collapse.thresholds(),
+                                              r.collapse.window)
+                summary.append(f"metrics {metrics_csv}, plot {plot}" + (f", {collapse_plot}" if collapse_plot else ""))
+                summary.append(self.collapse.summary())
             if r.train.export_at_end:
                 path = export_encoder(self.jepa.encoder_for_eval(self.target), r.model,
                                       self.run_dir / "encoder.safetensors",

@@ -165,9 +165,14 @@ def test_single_process_deepspeed_run_trains_and_skips_the_nan_step(straight):
     assert sum(losses[-4:]) / 4 < 0.9 * sum(losses[:4]) / 4, losses
     for column in ("loss", "loss.ctx", "loss.fwm_static", "loss.fwm_orth", "lambda_ctx", "lr", "time.data",
                    "time.compute", "time.optimizer", "time.ema", "time.wall", "clips_per_s", "tokens_per_s",
-                   "data_stall"):
+                   "data_stall", "collapse.rank", "collapse.within_share", "collapse.pooled_cosine",
+                   "collapse.feature_std", "time.collapse"):
         assert column in rows[0], column
+    # The collapse alarm measured steps 0-4 (its random-init reference) and 10 (collapse.every=10).
+    assert [int(r["step"]) for r in rows if r["collapse.rank"]] == [1, 2, 3, 4, 5, 11]
+    assert "collapse alarm: " in result.stdout  # the summary line (quiet, or its warnings)
     assert (run_dir / "loss_curve.png").stat().st_size > 1000
+    assert (run_dir / "collapse.png").stat().st_size > 1000
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert (run_dir / "recipe.yaml").is_file()
     # keep_last=3: checkpoints 10, 15, 20 remain.

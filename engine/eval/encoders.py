@@ -1,10 +1,11 @@
-"""The encoders a study evaluates: a run's exported trained encoder, or a random-init reference.
+"""The encoders a study evaluates: a run's exported trained encoder, or a random-init or pixel reference.
 
 A run's export (`runs/<name>/encoder.safetensors`, engine.export) already holds the encoder that was
 actually trained (`trained_encoder` = EMA "target_encoder", or the online "encoder" of a run without
 EMA: paper-spec §8.4), so evaluation never reads a raw checkpoint key. The random-init reference is the
 same architecture built from the same ModelConfig with a seed and never trained: the row that tells
-what the probes get from the architecture and the data alone.
+what the probes get from the architecture and the data alone. The pixel baseline (engine.eval.pixel_baseline)
+is that random encoder's patch embedding without its blocks: what the probes get from the pixels alone.
 """
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ import torch
 from engine.models import ModelConfig, VisionTransformer
 
 from .errors import EvalInputError
+from .pixel_baseline import PixelBaseline
 
 EXPORT_NAME = "encoder.safetensors"
+REFERENCE_KINDS = ("random", "pixel")  # built from a ModelConfig and a seed, never trained
 
 
 @dataclass(frozen=True)
@@ -28,10 +31,11 @@ class EncoderSource:
     """Where an evaluated encoder comes from."""
 
     name: str  # row name in results.csv, e.g. "demo_mixed_hw_s1" or "random_init_s0"
-    kind: str  # "run" (a trained export) or "random" (fresh init of model_config with seed)
+    kind: str  # "run" (a trained export), "random" (fresh init of model_config with seed) or "pixel" (its
+    # patch embedding and last norm only, engine.eval.pixel_baseline)
     path: str = ""  # the export file, for kind "run"
-    model_config: str = ""  # JSON of the ModelConfig, for kind "random"
-    seed: int = 0  # init seed, for kind "random"
+    model_config: str = ""  # JSON of the ModelConfig, for kinds "random" and "pixel"
+    seed: int = 0  # init seed, for kinds "random" and "pixel"
 
     def check(self) -> None:
         """A run's export exists and is an export of this engine; else a one-line EvalInputError."""
@@ -54,18 +58,20 @@ class EncoderSource:
             raise EvalInputError(str(error)) from None
 
     def fingerprint(self) -> str:
-        """Identifies the weights: the export's sha256, or the config + seed of a random init."""
+        """Identifies the weights: the export's sha256, or the kind, config and seed of a reference."""
         digest = hashlib.sha256()
         if self.kind == "run":
             with open(self.path, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
+        elif self.kind in REFERENCE_KINDS:
+            digest.update(f"{self.kind}:{self.seed}:{self.model_config}".encode())
         else:
-            digest.update(f"random:{self.seed}:{self.model_config}".encode())
+            raise ValueError(f"encoder {self.name}: unknown kind {self.kind!r}; use 'run' or one of {REFERENCE_KINDS}")
         return digest.hexdigest()[:16]
 
-    def load(self, device: torch.device) -> VisionTransformer:
-        """The encoder in eval mode with frozen parameters."""
+    def load(self, device: torch.device) -> torch.nn.Module:
+        """The encoder (a module with `cfg` and `forward_eval`) in eval mode with frozen parameters."""
         if self.kind == "run":
             from engine.export import load_encoder
 
@@ -77,6 +83,8 @@ class EncoderSource:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             encoder = VisionTransformer(cfg)
+        if self.kind == "pixel":
+            encoder = PixelBaseline(encoder)
         encoder.requires_grad_(False)
         return encoder.eval().to(device)
 
@@ -101,6 +109,11 @@ def run_encoder(name: str, run_dir: str | Path) -> EncoderSource:
 def random_encoder(name: str, model_config: ModelConfig | dict, seed: int) -> EncoderSource:
     config = dataclasses.asdict(model_config) if isinstance(model_config, ModelConfig) else dict(model_config)
     return EncoderSource(name=name, kind="random", model_config=json.dumps(config, sort_keys=True), seed=seed)
+
+
+def pixel_encoder(name: str, model_config: ModelConfig | dict, seed: int) -> EncoderSource:
+    """The pixel baseline of the architecture: random_encoder's patch embedding and last norm, no blocks."""
+    return dataclasses.replace(random_encoder(name, model_config, seed), kind="pixel")
 
 
 def export_model_config(export_path: str | Path) -> dict:

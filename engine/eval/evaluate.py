@@ -1,10 +1,13 @@
 """Frozen evaluation of one encoder on a list of benchmarks: check splits, extract once, train the probes.
 
-Results go to `<results_dir>/<encoder name>.json`, one entry per benchmark; an entry made with the same
-encoder weights and the same EvalConfig is reused, so an interrupted study re-runs only what is missing.
+Results go to `<results_dir>/<encoder name>.json` (`<name>.probe_seed<k>.json` for probe seed k > 0), one
+entry per benchmark; an entry made with the same encoder weights and the same EvalConfig is reused, so an
+interrupted study re-runs only what is missing.
 Feature caches live under `<cache_root>/<weights fingerprint>/` and are shared by every probe.
 
     python -m engine.eval.evaluate runs/demo_ucf_baseline/encoder.safetensors --benchmarks synth
+    python -m engine.eval.evaluate runs/demo_ucf_baseline/encoder.safetensors --benchmarks synth-ucf \
+        --baselines --probe-seeds 3     # + random init and pixel baseline, mean and 95% interval over 3 probe seeds
 """
 from __future__ import annotations
 
@@ -94,7 +97,7 @@ def evaluate_encoder(
 ) -> dict:
     """Evaluate `source` on every benchmark of `config`; returns (and stores) {benchmark: entry}."""
     device = device or default_device()
-    results_path = Path(results_dir) / f"{source.name}.json"
+    results_path = Path(results_dir) / results_file_name(source.name, config.probe_seed)
     source.check()
     fingerprint = source.fingerprint()
     stored = json.loads(results_path.read_text()) if results_path.exists() else {}
@@ -116,6 +119,12 @@ def evaluate_encoder(
         _write_json(results_path, stored)  # after every benchmark, so an interruption loses at most one
     _write_json(results_path, stored)
     return json.loads(results_path.read_text())  # the same form whether computed now or reused
+
+
+def results_file_name(encoder_name: str, probe_seed: int) -> str:
+    """Probe seed 0 keeps the study's `<name>.json`; every other seed has a file of its own, so the result
+    of each seed is stored and reused rather than overwriting the others."""
+    return f"{encoder_name}.json" if probe_seed == 0 else f"{encoder_name}.probe_seed{probe_seed}.json"
 
 
 def _evaluate_benchmark(encoder, fingerprint: str, inputs: CheckedBenchmark, config: EvalConfig, key: dict,
@@ -176,22 +185,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="eval_out", help="results and feature cache folder")
     parser.add_argument("--probe-epochs", type=positive_int, default=None,
                         help="epochs of every probe (default: the paper's)")
+    parser.add_argument("--probe-seeds", type=positive_int, default=1,
+                        help="probe every encoder with seeds 0..N-1 and print the mean and its 95%% interval")
+    parser.add_argument("--baselines", action="store_true",
+                        help="also probe the random init and the pixel baseline (patch embedding, no blocks) of "
+                             "the export's architecture")
+    parser.add_argument("--baseline-seed", type=int, default=None,
+                        help="init seed of the baselines (default: run.seed of the recipe.yaml beside the export, "
+                             "else 0)")
     args = parser.parse_args(argv)
+    from .encoders import export_model_config
+    from .probe_seeds import evaluate_probe_seeds, format_table, reference_sources  # builds on this module
+
     limit_cpu_threads()
-    source = EncoderSource(name=Path(args.export).parent.name, kind="run", path=args.export)
+    run_name = Path(args.export).parent.name
     out = Path(args.out)
     try:
         names = tuple(b.name for b in resolve_benchmarks(args.benchmarks))
+        sources = {run_name: EncoderSource(name=run_name, kind="run", path=args.export)}
+        sources[run_name].check()
+        if args.baselines:
+            seed = args.baseline_seed if args.baseline_seed is not None else run_seed(Path(args.export).parent)
+            references = reference_sources(run_name, export_model_config(args.export), seed)
+            sources.update({f"{label} (seed {seed})": source for label, source in references.items()})
         config = EvalConfig(benchmarks=names, probe_epochs=args.probe_epochs)
-        stored = evaluate_encoder(source, config, args.shards, out / "features", out / "evals")
+        rows = {label: evaluate_probe_seeds(source, config, args.probe_seeds, args.shards, out / "features",
+                                            out / "evals")
+                for label, source in sources.items()}
     except EvalInputError as error:  # the user's input: one line, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
-    for name, entry in stored["benchmarks"].items():
-        for probe, result in entry["probes"].items():
-            head = result["heads"][0]
-            print(f"{name:14s} {probe:22s} top-1 {head['top1']:6.2f}  top-5 {head['top5']:6.2f}")
+    print(format_table(rows))
     return 0
+
+
+def run_seed(run_dir: Path) -> int:
+    """run.seed of the run's resolved recipe (the seed its encoder was initialised with), 0 without one."""
+    import yaml
+
+    recipe = run_dir / "recipe.yaml"
+    if not recipe.is_file():
+        return 0
+    return int((yaml.safe_load(recipe.read_text(encoding="utf-8")).get("run") or {}).get("seed", 0))
 
 
 if __name__ == "__main__":

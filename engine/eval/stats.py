@@ -5,6 +5,9 @@ the baseline of the same regime and seed). Pairing by seed removes the seed's sh
 initial weights and data order start both runs), so the interval is the t-interval of the per-seed
 differences d_s = b_s - a_s: mean(d) +- t_{0.975, n-1} * sd(d) / sqrt(n), with sd the n-1 sample
 standard deviation. With one seed there is no interval (reported as NaN).
+
+Repeated measurements of one encoder (probe seeds) are not paired with anything: `mean_interval` gives
+the t-interval of their mean.
 """
 from __future__ import annotations
 
@@ -66,3 +69,26 @@ def mean_and_std(values: list[float]) -> tuple[float, float]:
     if len(values) < 2:
         return mean, float("nan")
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+@dataclass(frozen=True)
+class MeanInterval:
+    """Mean of repeated measurements (e.g. one encoder probed with several probe seeds) and its t-interval."""
+
+    mean: float
+    low: float  # NaN below two values
+    high: float
+    values: tuple[float, ...]
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2.0
+
+
+def mean_interval(values: list[float], confidence: float = 0.95) -> MeanInterval:
+    """Student-t interval of the mean: mean +- t_{(1+c)/2, n-1} * sd / sqrt(n), sd with n-1 dof."""
+    mean, std = mean_and_std(list(values))
+    if len(values) < 2:
+        return MeanInterval(mean, float("nan"), float("nan"), tuple(values))
+    half = t_quantile(0.5 + confidence / 2.0, len(values) - 1) * std / math.sqrt(len(values))
+    return MeanInterval(mean, mean - half, mean + half, tuple(float(v) for v in values))

@@ -1,2 +1,2 @@
 """Helpers of the training loop (engine/train.py): typed YAML, schedules, DeepSpeed config, checkpoints,
-metrics, fault handling. Each file has one job; the loop itself stays in engine/train.py."""
+metrics, the collapse alarm, fault handling. Each file has one job; the loop itself stays in engine/train.py."""
