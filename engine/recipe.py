@@ -30,6 +30,7 @@ from engine.training.typed_yaml import (
     ConfigError,
     apply_overrides,
     build_dataclass,
+    blame,
     describe,
     field_doc,
     load_yaml_tree,
@@ -96,10 +97,12 @@ class OptimConfig:
     grad_clip: float = field_doc(0.0, "Global gradient-norm clip; 0 disables it.")
 
     def __post_init__(self):
-        if min(self.lr, self.start_lr, self.final_lr) < 0 or self.lr == 0:
-            raise ValueError("learning rates must be >= 0 and lr > 0")
-        if self.warmup_steps < 0 or self.grad_clip < 0 or min(self.weight_decay, self.final_weight_decay) < 0:
-            raise ValueError("warmup_steps, grad_clip and weight decays must be >= 0")
+        # Name the one field at fault: the recipe loader reports the file or --set that set it.
+        if self.lr <= 0:
+            raise ValueError(f"lr={self.lr} must be > 0")
+        for name in ("start_lr", "final_lr", "warmup_steps", "weight_decay", "final_weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
 
 
 @dataclass
@@ -110,8 +113,9 @@ class EmaConfig:
     final_momentum: float = field_doc(0.99925, "EMA momentum at the last step (linear ramp; paper: constant).")
 
     def __post_init__(self):
-        if not (0.0 <= self.momentum <= 1.0 and 0.0 <= self.final_momentum <= 1.0):
-            raise ValueError(f"momentum values must lie in [0, 1], got {self.momentum}, {self.final_momentum}")
+        for name in ("momentum", "final_momentum"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 1]")
 
 
 @dataclass
@@ -230,10 +234,10 @@ def validate(recipe: Recipe, origin: dict[str, str], world_size: int | None = No
 
     model = recipe.model
     if model.img_size % model.patch_size:
-        raise ConfigError(f"{where('model.img_size')}: model.img_size={model.img_size} is not divisible by "
+        raise ConfigError(f"{blame(origin, 'model.img_size', 'model.patch_size')}: model.img_size={model.img_size} is not divisible by "
                           f"model.patch_size={model.patch_size}; fix: use a crop that is a multiple of the patch")
     if model.num_frames % model.tubelet_size:
-        raise ConfigError(f"{where('model.num_frames')}: model.num_frames={model.num_frames} is not divisible "
+        raise ConfigError(f"{blame(origin, 'model.num_frames', 'model.tubelet_size')}: model.num_frames={model.num_frames} is not divisible "
                           f"by model.tubelet_size={model.tubelet_size}; fix: use a multiple of the tubelet")
     for i, spec in enumerate(recipe.data.datasets):
         root = Path(spec.root)
@@ -244,7 +248,7 @@ def validate(recipe: Recipe, origin: dict[str, str], world_size: int | None = No
     world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     per_step = recipe.train.micro_batch * world
     if recipe.train.global_batch % per_step:
-        raise ConfigError(f"{where('train.global_batch')}: train.global_batch={recipe.train.global_batch} is not a "
+        raise ConfigError(f"{blame(origin, 'train.global_batch', 'train.micro_batch')}: train.global_batch={recipe.train.global_batch} is not a "
                           f"multiple of train.micro_batch x world size = {recipe.train.micro_batch} x {world}; fix: "
                           f"change train.micro_batch or the number of processes")
     try:

@@ -160,6 +160,29 @@ def test_train_cli_reports_recipe_errors_in_one_line_before_heavy_work(tmp_path,
     assert err.count("\n") == 0 and err.startswith("error: ") and "model.img_size=30" in err
 
 
+
+@pytest.mark.parametrize("overrides, expected", [
+    # the value is the flag's, though recipes/demo/base.yaml opens the optim: section
+    (["optim.lr=-1e-4"], r"^--set optim\.lr=-1e-4: optim: lr=-0\.0001 must be > 0$"),
+    (["ema.final_momentum=2"], r"^--set ema\.final_momentum=2: ema: final_momentum=2\.0 must lie in \[0, 1\]$"),
+    # a section that only the flag creates is the flag's, not the recipe file's
+    (["trian.steps=30"], r"^--set trian\.steps=30: trian: unknown key; fix: did you mean 'train'\?$"),
+    # two keys involved, one from a file and one from the flag: the flag first
+    (["train.micro_batch=3"], r"^--set train\.micro_batch=3, recipes/demo/\S*base\.yaml: train: global_batch=8 is "
+                              r"not a multiple of micro_batch=3"),
+])
+def test_recipe_errors_name_the_set_flag_that_set_the_value(monkeypatch, overrides, expected):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(ConfigError, match=expected):
+        load_recipe("recipes/demo/mixed_fwm.yaml", overrides, check_files=False)
+
+
+def test_recipe_errors_name_the_file_that_set_the_value_not_the_base(tmp_path, shard_root):
+    _write(tmp_path / "base.yaml", _recipe_text(shard_root, optim={"lr": 1.0e-3}))
+    child = _write(tmp_path / "child.yaml", "base: base.yaml\noptim: {warmup_steps: -1}\n")
+    with pytest.raises(ConfigError, match=r"child\.yaml: optim: warmup_steps=-1 must be >= 0$"):
+        load_recipe(child, world_size=1)
+
 # -- the shipped recipes --------------------------------------------------------------------------------
 
 def _variants_in(folder: Path, regime: str) -> set[str]:
