@@ -75,17 +75,16 @@ class Trainer:
         from engine.models import Predictor, VisionTransformer, make_ema_target
         from engine.objectives.registry import resolve_variant
         from engine.training.checkpoint import CheckpointManager
-        from engine.training.ds_config import build_ds_config, resolve_precision
+        from engine.training.ds_config import build_ds_config, resolve_precision, skip_shm_comm_op
 
         r = self.recipe
         if not torch.cuda.is_available():
             os.environ.setdefault("DS_ACCELERATOR", "cpu")  # skip DeepSpeed's accelerator probing
-        # DeepSpeed JIT-builds a small shm comm op once on CPU (~30 s); share the repo's build cache.
-        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "torch_extensions"))
         for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                                MASTER_PORT=str(29500 + os.getpid() % 1000)).items():
             os.environ.setdefault(key, value)  # plain `python -m engine.train`: a world of one
         import deepspeed
+        skip_shm_comm_op()  # no JIT build, no /dev/shm buffer left behind (defects of the unused op)
         cuda = torch.cuda.is_available()
         backend = r.parallel.comm_backend if r.parallel.comm_backend != "auto" else ("nccl" if cuda else "gloo")
         deepspeed.init_distributed(dist_backend=backend)
