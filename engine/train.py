@@ -226,11 +226,12 @@ class Trainer:
 
                 # -- agree over ranks: mean losses, any non-finite, any stop signal ----------------
                 keys = sorted(sums)
-                packed = torch.tensor([sums[k] for k in keys] + [nonfinite_local, float(stop_signal.received is not None)],
+                packed = torch.tensor([sums[k] for k in keys] + [nonfinite_local] + stop_signal.votes(),
                                       dtype=torch.float64, device=self.device)
                 dist.all_reduce(packed)
                 values = (packed[:len(keys)] / self.world).tolist()
-                any_nonfinite, any_stop = packed[-2].item() > 0, packed[-1].item() > 0
+                any_nonfinite = packed[len(keys)].item() > 0
+                stopped_by = StopSignal.agreed(packed[len(keys) + 1:].tolist())
                 if any_nonfinite and applied:
                     raise RuntimeError(f"step {step}: a loss was not finite but DeepSpeed applied the step; "
                                        f"the NaN guard relies on ZeRO's overflow check (zero_stage 1 or 2)")
@@ -266,9 +267,9 @@ class Trainer:
                                    f"holds the last good weights; lower optim.lr or check the data, then "
                                    f"--resume auto")
                     exit_code = 3
-                elif any_stop:
-                    name = stop_signal.name or "a signal on another rank"
-                    stop_reason = f"stopped by {name} at step {step}; continue with --resume auto"
+                elif stopped_by is not None:
+                    stop_reason = f"stopped by {stopped_by.name} at step {step}; continue with --resume auto"
+                    exit_code = 128 + stopped_by  # the shell's status for it: 130 (Ctrl-C), 143 (SIGTERM)
                 if stop_reason or step % r.train.checkpoint_every == 0 or step == total_steps:
                     self.save(step, guard)
                 if stop_reason:
