@@ -13,6 +13,7 @@ demo/); the command line overrides with `--set key=value`.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -272,16 +273,71 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, *, check_f
     return recipe
 
 
-def dump_recipe(recipe: Recipe, path: str | Path) -> None:
-    """Write the resolved recipe (every field, defaults included) as YAML; it loads back to an equal Recipe."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+def recipe_yaml(recipe: Recipe) -> str:
+    """The resolved recipe (every field, defaults included) as YAML text; it loads back to an equal Recipe."""
     plain = to_plain(recipe)
     for key in TRAINER_OWNED_DATA_KEYS:  # set at run time, not part of the recipe
         plain["data"].pop(key, None)
-    tmp.write_text(yaml.safe_dump(plain, sort_keys=False), encoding="utf-8")
+    return yaml.safe_dump(plain, sort_keys=False)
+
+
+def dump_recipe(recipe: Recipe, path: str | Path) -> None:
+    """Write the resolved recipe as YAML (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(recipe_yaml(recipe), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def read_resolved_recipe(path: str | Path) -> Recipe:
+    """A recipe written by `dump_recipe` (a run's or a checkpoint's), typed but not checked against the disk:
+    its shards may be gone by the time its checkpoints are exported."""
+    data, origin = load_yaml_tree(path)
+    return build_dataclass(Recipe, data, origin)
+
+
+# What a checkpoint's weights and optimizer state are shaped by, or what defines the experiment it is part
+# of: a resumed run must keep these (prefixes of dotted keys). Everything else (length, schedules, logging,
+# data mixing, parallelism) may change on resume.
+FROZEN_ON_RESUME = ("model", "predictor", "masking", "objective", "loss", "data.crop_size", "data.num_frames")
+
+
+def _first_difference(old, new, key: str):
+    """(dotted key, old, new) of the first leaf where two plain recipe trees differ, or None."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in [*new, *(k for k in old if k not in new)]:
+            if k not in old or k not in new:
+                return f"{key}.{k}", old.get(k, "(absent)"), new.get(k, "(absent)")
+            found = _first_difference(old[k], new[k], f"{key}.{k}")
+            if found:
+                return found
+        return None
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new)):
+            found = _first_difference(a, b, f"{key}[{i}]")
+            if found:
+                return found
+        return None
+    return None if old == new else (key, old, new)
+
+
+def refuse_frozen_changes(recipe: Recipe, checkpoint_recipe: str | Path, resume: str) -> None:
+    """Raise a one-line ConfigError if `recipe` changes a FROZEN_ON_RESUME key of the checkpoint's recipe.
+    Called before the run writes anything, so a refused resume leaves the run folder as it was."""
+    old, new = to_plain(read_resolved_recipe(checkpoint_recipe)), to_plain(recipe)
+    for frozen in FROZEN_ON_RESUME:
+        section, _, leaf = frozen.partition(".")
+        a, b = old.get(section), new.get(section)
+        if leaf:
+            a, b = (a or {}).get(leaf), (b or {}).get(leaf)
+        found = _first_difference(a, b, frozen)
+        if found:
+            key, was, now = found
+            raise ConfigError(f"--resume {resume}: {key} was {json.dumps(was)} in {checkpoint_recipe}, now "
+                              f"{json.dumps(now)}; it cannot change on resume (the checkpoint's weights and "
+                              f"objective depend on it); fix: drop the change, or train a new run (another "
+                              f"run.name)")
 
 
 def main(argv: list[str] | None = None) -> int:

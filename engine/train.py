@@ -23,7 +23,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.recipe import Recipe, dump_recipe, load_recipe  # noqa: E402
+from engine.recipe import Recipe, dump_recipe, load_recipe, recipe_yaml, refuse_frozen_changes  # noqa: E402
 from engine.training.typed_yaml import ConfigError  # noqa: E402
 
 
@@ -53,6 +53,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {run_dir} already holds checkpoints; fix: pass --resume auto to continue it, or pick "
               f"another run.name", file=sys.stderr)
         return 2
+    if args.resume != "none":
+        # Before anything is written: a resume that changes what the checkpoint's weights are shaped by is
+        # refused, and the run folder stays as it was.
+        from engine.training.checkpoint import CheckpointManager, checkpoint_recipe
+        try:
+            checkpoint = CheckpointManager(run_dir, recipe.train.keep_last).resolve(args.resume)
+            if checkpoint is not None:
+                refuse_frozen_changes(recipe, checkpoint_recipe(checkpoint), args.resume)
+        except (ConfigError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     return Trainer(recipe, args.resume).run()
 
 
@@ -300,7 +311,8 @@ class Trainer:
     def save(self, step: int, guard) -> None:
         trainer_state = {"step": step, "ema_target": self.target.state_dict(), "nonfinite": guard.state_dict(),
                          "trained_encoder": self.jepa.trained_encoder, "run": self.recipe.run.name}
-        folder = self.ckpt.save(step, self.engine, trainer_state, {"loader": self.loader.state_dict(), "step": step})
+        folder = self.ckpt.save(step, self.engine, trainer_state, {"loader": self.loader.state_dict(), "step": step},
+                                files={"recipe.yaml": recipe_yaml(self.recipe)})  # export reads this copy
         self.log(f"checkpoint {folder}")
 
     def finish(self, step: int) -> None:
