@@ -24,6 +24,7 @@ setup(
         "webdataset>=0.2.90",
         "av>=12",
         "deepspeed>=0.15",
+        "huggingface_hub>=0.23",  # for DeepSpeed's zero_to_fp32.py in each checkpoint (default --max_shard_size)
         "scikit-learn>=1.4",
         "pillow>=10",
         "tqdm>=4.60",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -61,19 +62,22 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Vision
     return encoder.eval().to(device)
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
-    """Export the trained encoder of a training checkpoint (no DeepSpeed needed: read its files)."""
-    import yaml
+def export_checkpoint(checkpoint: str | Path, out: str | Path, recipe: str | Path | None = None) -> Path:
+    """Export the trained encoder of a training checkpoint (no DeepSpeed needed: read its files).
 
-    from engine.recipe import Recipe
-    from engine.training.typed_yaml import build_dataclass
+    The model config comes from the checkpoint's own recipe.yaml, never from the run folder's, which a later
+    resume of the run rewrites. `recipe` names one for checkpoints written before they carried their own."""
+    from engine.recipe import read_resolved_recipe
 
     checkpoint = Path(checkpoint)
+    recipe_path = Path(recipe) if recipe is not None else checkpoint / "recipe.yaml"
+    if not recipe_path.is_file():
+        raise FileNotFoundError(f"{checkpoint}: no recipe.yaml in the checkpoint (written before checkpoints carried "
+                                f"their recipe); fix: pass --recipe with the recipe it was trained with, e.g. "
+                                f"{checkpoint.parent.parent / 'recipe.yaml'} if no resume changed it since")
     trainer = torch.load(checkpoint / "trainer.pt", map_location="cpu", weights_only=False)
-    run_dir = checkpoint.parent.parent
-    recipe_data = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
-    recipe = build_dataclass(Recipe, recipe_data, {"": str(run_dir / "recipe.yaml")})
-    encoder = VisionTransformer(recipe.model)
+    model_cfg = read_resolved_recipe(recipe_path).model
+    encoder = VisionTransformer(model_cfg)
     if trainer["trained_encoder"] == "target_encoder":
         state = trainer["ema_target"]
     else:
@@ -81,7 +85,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
                             weights_only=False)["module"]
         state = {k[len("encoder."):]: v for k, v in module.items() if k.startswith("encoder.")}
     encoder.load_state_dict(state, strict=True)
-    return export_encoder(encoder, recipe.model, out, trained_encoder=trainer["trained_encoder"],
+    return export_encoder(encoder, model_cfg, out, trained_encoder=trainer["trained_encoder"],
                           step=trainer["step"], run=trainer["run"])
 
 
@@ -89,8 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Export the trained encoder of a checkpoint to safetensors.")
     parser.add_argument("checkpoint", help="a runs/<run>/checkpoints/step_XXXXXXXX folder")
     parser.add_argument("--out", required=True, help="output .safetensors path")
+    parser.add_argument("--recipe", default=None,
+                        help="the resolved recipe it was trained with; only for checkpoints without their own "
+                             "recipe.yaml (written before checkpoints carried one)")
     args = parser.parse_args(argv)
-    print(export_checkpoint(args.checkpoint, args.out))
+    from engine.training.typed_yaml import ConfigError
+    try:
+        print(export_checkpoint(args.checkpoint, args.out, args.recipe))
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

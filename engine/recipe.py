@@ -13,6 +13,7 @@ variant of engine.objectives' registry) with the trainer's own (`run:`, `train:`
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from engine.training.typed_yaml import (
     ConfigError,
     apply_overrides,
     build_dataclass,
+    blame,
     describe,
     field_doc,
     load_yaml_tree,
@@ -97,10 +99,12 @@ class OptimConfig:
     grad_clip: float = field_doc(0.0, "Global gradient-norm clip; 0 disables it.")
 
     def __post_init__(self):
-        if min(self.lr, self.start_lr, self.final_lr) < 0 or self.lr == 0:
-            raise ValueError("learning rates must be >= 0 and lr > 0")
-        if self.warmup_steps < 0 or self.grad_clip < 0 or min(self.weight_decay, self.final_weight_decay) < 0:
-            raise ValueError("warmup_steps, grad_clip and weight decays must be >= 0")
+        # Name the one field at fault: the recipe loader reports the file or --set that set it.
+        if self.lr <= 0:
+            raise ValueError(f"lr={self.lr} must be > 0")
+        for name in ("start_lr", "final_lr", "warmup_steps", "weight_decay", "final_weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
 
 
 @dataclass
@@ -111,8 +115,9 @@ class EmaConfig:
     final_momentum: float = field_doc(0.99925, "EMA momentum at the last step (linear ramp; paper: constant).")
 
     def __post_init__(self):
-        if not (0.0 <= self.momentum <= 1.0 and 0.0 <= self.final_momentum <= 1.0):
-            raise ValueError(f"momentum values must lie in [0, 1], got {self.momentum}, {self.final_momentum}")
+        for name in ("momentum", "final_momentum"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 1]")
 
 
 @dataclass
@@ -233,10 +238,10 @@ def validate(recipe: Recipe, origin: dict[str, str], world_size: int | None = No
 
     model = recipe.model
     if model.img_size % model.patch_size:
-        raise ConfigError(f"{where('model.img_size')}: model.img_size={model.img_size} is not divisible by "
+        raise ConfigError(f"{blame(origin, 'model.img_size', 'model.patch_size')}: model.img_size={model.img_size} is not divisible by "
                           f"model.patch_size={model.patch_size}; fix: use a crop that is a multiple of the patch")
     if model.num_frames % model.tubelet_size:
-        raise ConfigError(f"{where('model.num_frames')}: model.num_frames={model.num_frames} is not divisible "
+        raise ConfigError(f"{blame(origin, 'model.num_frames', 'model.tubelet_size')}: model.num_frames={model.num_frames} is not divisible "
                           f"by model.tubelet_size={model.tubelet_size}; fix: use a multiple of the tubelet")
     for i, spec in enumerate(recipe.data.datasets):
         root = Path(spec.root)
@@ -247,7 +252,7 @@ def validate(recipe: Recipe, origin: dict[str, str], world_size: int | None = No
     world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     per_step = recipe.train.micro_batch * world
     if recipe.train.global_batch % per_step:
-        raise ConfigError(f"{where('train.global_batch')}: train.global_batch={recipe.train.global_batch} is not a "
+        raise ConfigError(f"{blame(origin, 'train.global_batch', 'train.micro_batch')}: train.global_batch={recipe.train.global_batch} is not a "
                           f"multiple of train.micro_batch x world size = {recipe.train.micro_batch} x {world}; fix: "
                           f"change train.micro_batch or the number of processes")
     try:
@@ -271,16 +276,71 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, *, check_f
     return recipe
 
 
-def dump_recipe(recipe: Recipe, path: str | Path) -> None:
-    """Write the resolved recipe (every field, defaults included) as YAML; it loads back to an equal Recipe."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+def recipe_yaml(recipe: Recipe) -> str:
+    """The resolved recipe (every field, defaults included) as YAML text; it loads back to an equal Recipe."""
     plain = to_plain(recipe)
     for key in TRAINER_OWNED_DATA_KEYS:  # set at run time, not part of the recipe
         plain["data"].pop(key, None)
-    tmp.write_text(yaml.safe_dump(plain, sort_keys=False), encoding="utf-8")
+    return yaml.safe_dump(plain, sort_keys=False)
+
+
+def dump_recipe(recipe: Recipe, path: str | Path) -> None:
+    """Write the resolved recipe as YAML (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(recipe_yaml(recipe), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def read_resolved_recipe(path: str | Path) -> Recipe:
+    """A recipe written by `dump_recipe` (a run's or a checkpoint's), typed but not checked against the disk:
+    its shards may be gone by the time its checkpoints are exported."""
+    data, origin = load_yaml_tree(path)
+    return build_dataclass(Recipe, data, origin)
+
+
+# What a checkpoint's weights and optimizer state are shaped by, or what defines the experiment it is part
+# of: a resumed run must keep these (prefixes of dotted keys). Everything else (length, schedules, logging,
+# data mixing, parallelism) may change on resume.
+FROZEN_ON_RESUME = ("model", "predictor", "masking", "objective", "loss", "data.crop_size", "data.num_frames")
+
+
+def _first_difference(old, new, key: str):
+    """(dotted key, old, new) of the first leaf where two plain recipe trees differ, or None."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in [*new, *(k for k in old if k not in new)]:
+            if k not in old or k not in new:
+                return f"{key}.{k}", old.get(k, "(absent)"), new.get(k, "(absent)")
+            found = _first_difference(old[k], new[k], f"{key}.{k}")
+            if found:
+                return found
+        return None
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new)):
+            found = _first_difference(a, b, f"{key}[{i}]")
+            if found:
+                return found
+        return None
+    return None if old == new else (key, old, new)
+
+
+def refuse_frozen_changes(recipe: Recipe, checkpoint_recipe: str | Path, resume: str) -> None:
+    """Raise a one-line ConfigError if `recipe` changes a FROZEN_ON_RESUME key of the checkpoint's recipe.
+    Called before the run writes anything, so a refused resume leaves the run folder as it was."""
+    old, new = to_plain(read_resolved_recipe(checkpoint_recipe)), to_plain(recipe)
+    for frozen in FROZEN_ON_RESUME:
+        section, _, leaf = frozen.partition(".")
+        a, b = old.get(section), new.get(section)
+        if leaf:
+            a, b = (a or {}).get(leaf), (b or {}).get(leaf)
+        found = _first_difference(a, b, frozen)
+        if found:
+            key, was, now = found
+            raise ConfigError(f"--resume {resume}: {key} was {json.dumps(was)} in {checkpoint_recipe}, now "
+                              f"{json.dumps(now)}; it cannot change on resume (the checkpoint's weights and "
+                              f"objective depend on it); fix: drop the change, or train a new run (another "
+                              f"run.name)")
 
 
 def main(argv: list[str] | None = None) -> int:

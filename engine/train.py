@@ -23,7 +23,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.recipe import Recipe, dump_recipe, load_recipe  # noqa: E402
+from engine.recipe import Recipe, dump_recipe, load_recipe, recipe_yaml, refuse_frozen_changes  # noqa: E402
 from engine.training.typed_yaml import ConfigError  # noqa: E402
 
 
@@ -53,6 +53,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {run_dir} already holds checkpoints; fix: pass --resume auto to continue it, or pick "
               f"another run.name", file=sys.stderr)
         return 2
+    if args.resume != "none":
+        # Before anything is written: a resume that changes what the checkpoint's weights are shaped by is
+        # refused, and the run folder stays as it was.
+        from engine.training.checkpoint import CheckpointManager, checkpoint_recipe
+        try:
+            checkpoint = CheckpointManager(run_dir, recipe.train.keep_last).resolve(args.resume)
+            if checkpoint is not None:
+                refuse_frozen_changes(recipe, checkpoint_recipe(checkpoint), args.resume)
+        except (ConfigError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     return Trainer(recipe, args.resume).run()
 
 
@@ -76,17 +87,16 @@ class Trainer:
         from engine.objectives.registry import resolve_variant
         from engine.training.checkpoint import CheckpointManager
         from engine.training.collapse import CollapseAlarm
-        from engine.training.ds_config import build_ds_config, resolve_precision
+        from engine.training.ds_config import build_ds_config, resolve_precision, skip_shm_comm_op
 
         r = self.recipe
         if not torch.cuda.is_available():
             os.environ.setdefault("DS_ACCELERATOR", "cpu")  # skip DeepSpeed's accelerator probing
-        # DeepSpeed JIT-builds a small shm comm op once on CPU (~30 s); share the repo's build cache.
-        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "torch_extensions"))
         for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                                MASTER_PORT=str(29500 + os.getpid() % 1000)).items():
             os.environ.setdefault(key, value)  # plain `python -m engine.train`: a world of one
         import deepspeed
+        skip_shm_comm_op()  # no JIT build, no /dev/shm buffer left behind (defects of the unused op)
         cuda = torch.cuda.is_available()
         backend = r.parallel.comm_backend if r.parallel.comm_backend != "auto" else ("nccl" if cuda else "gloo")
         deepspeed.init_distributed(dist_backend=backend)
@@ -238,11 +248,12 @@ class Trainer:
 
                 # -- agree over ranks: mean losses, any non-finite, any stop signal ----------------
                 keys = sorted(sums)
-                packed = torch.tensor([sums[k] for k in keys] + [nonfinite_local, float(stop_signal.received is not None)],
+                packed = torch.tensor([sums[k] for k in keys] + [nonfinite_local] + stop_signal.votes(),
                                       dtype=torch.float64, device=self.device)
                 dist.all_reduce(packed)
                 values = (packed[:len(keys)] / self.world).tolist()
-                any_nonfinite, any_stop = packed[-2].item() > 0, packed[-1].item() > 0
+                any_nonfinite = packed[len(keys)].item() > 0
+                stopped_by = StopSignal.agreed(packed[len(keys) + 1:].tolist())
                 if any_nonfinite and applied:
                     raise RuntimeError(f"step {step}: a loss was not finite but DeepSpeed applied the step; "
                                        f"the NaN guard relies on ZeRO's overflow check (zero_stage 1 or 2)")
@@ -281,9 +292,9 @@ class Trainer:
                                    f"holds the last good weights; lower optim.lr or check the data, then "
                                    f"--resume auto")
                     exit_code = 3
-                elif any_stop:
-                    name = stop_signal.name or "a signal on another rank"
-                    stop_reason = f"stopped by {name} at step {step}; continue with --resume auto"
+                elif stopped_by is not None:
+                    stop_reason = f"stopped by {stopped_by.name} at step {step}; continue with --resume auto"
+                    exit_code = 128 + stopped_by  # the shell's status for it: 130 (Ctrl-C), 143 (SIGTERM)
                 if stop_reason or step % r.train.checkpoint_every == 0 or step == total_steps:
                     self.save(step, guard)
                 if stop_reason:
@@ -315,7 +326,8 @@ class Trainer:
         trainer_state = {"step": step, "ema_target": self.target.state_dict(), "nonfinite": guard.state_dict(),
                          "collapse": self.collapse.state_dict(),
                          "trained_encoder": self.jepa.trained_encoder, "run": self.recipe.run.name}
-        folder = self.ckpt.save(step, self.engine, trainer_state, {"loader": self.loader.state_dict(), "step": step})
+        folder = self.ckpt.save(step, self.engine, trainer_state, {"loader": self.loader.state_dict(), "step": step},
+                                files={"recipe.yaml": recipe_yaml(self.recipe)})  # export reads this copy
         self.log(f"checkpoint {folder}")
 
     def finish(self, step: int) -> None:

@@ -16,8 +16,6 @@ def _has_cuda() -> bool:
 if not _has_cuda():
     os.environ.setdefault("TRITON_INTERPRET", "1")
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-# Keep DeepSpeed's one-time JIT build (shm comm op) in the repo's cache folder.
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(os.path.dirname(__file__), "..", ".cache", "torch_extensions"))
 
 import pytest  # noqa: E402
 

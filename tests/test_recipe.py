@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 from pathlib import Path
 from typing import Literal, Optional
@@ -159,6 +160,52 @@ def test_train_cli_reports_recipe_errors_in_one_line_before_heavy_work(tmp_path,
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("error: ") and "model.img_size=30" in err
 
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    # the value is the flag's, though recipes/demo/base.yaml opens the optim: section
+    (["optim.lr=-1e-4"], r"^--set optim\.lr=-1e-4: optim: lr=-0\.0001 must be > 0$"),
+    (["ema.final_momentum=2"], r"^--set ema\.final_momentum=2: ema: final_momentum=2\.0 must lie in \[0, 1\]$"),
+    # a section that only the flag creates is the flag's, not the recipe file's
+    (["trian.steps=30"], r"^--set trian\.steps=30: trian: unknown key; fix: did you mean 'train'\?$"),
+    # two keys involved, one from a file and one from the flag: the flag first
+    (["train.micro_batch=3"], r"^--set train\.micro_batch=3, recipes/demo/\S*base\.yaml: train: global_batch=8 is "
+                              r"not a multiple of micro_batch=3"),
+])
+def test_recipe_errors_name_the_set_flag_that_set_the_value(monkeypatch, overrides, expected):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(ConfigError, match=expected):
+        load_recipe("recipes/demo/mixed_fwm.yaml", overrides, check_files=False)
+
+
+def test_recipe_errors_name_the_file_that_set_the_value_not_the_base(tmp_path, shard_root):
+    _write(tmp_path / "base.yaml", _recipe_text(shard_root, optim={"lr": 1.0e-3}))
+    child = _write(tmp_path / "child.yaml", "base: base.yaml\noptim: {warmup_steps: -1}\n")
+    with pytest.raises(ConfigError, match=r"child\.yaml: optim: warmup_steps=-1 must be >= 0$"):
+        load_recipe(child, world_size=1)
+
+
+@pytest.mark.parametrize("overrides, refused", [
+    (["model.depth=3"], "model.depth was 1 in "),
+    (["model.tubelet_size=4"], "model.tubelet_size was 2 in "),
+    (["model.img_size=64"], "model.img_size was 32 in "),
+    (["predictor.depth=2"], "predictor.depth was 1 in "),
+    (["objective.variant=fwm"], 'objective.variant was "baseline" in '),
+    (["loss.context_loss.lambda_value=0.9"], "loss.context_loss.lambda_value was "),
+    (["masking.name=multiblock"], "masking was null in "),
+    (["train.steps=99", "optim.lr=1e-3", "train.micro_batch=1", "ema.momentum=0.5", "run.seed=4"], None),
+])
+def test_resume_refuses_changes_to_what_the_checkpoint_is_shaped_by(tmp_path, shard_root, overrides, refused):
+    from engine.recipe import refuse_frozen_changes
+    path = _write(tmp_path / "r.yaml", _recipe_text(shard_root, model={"depth": 1}, predictor={"depth": 1}))
+    dump_recipe(load_recipe(path, world_size=1), tmp_path / "ckpt" / "recipe.yaml")
+    resumed = load_recipe(path, overrides, world_size=1)
+    if refused is None:
+        refuse_frozen_changes(resumed, tmp_path / "ckpt" / "recipe.yaml", "auto")
+        return
+    with pytest.raises(ConfigError, match="^--resume auto: " + re.escape(refused)) as info:
+        refuse_frozen_changes(resumed, tmp_path / "ckpt" / "recipe.yaml", "auto")
+    assert "\n" not in str(info.value) and "cannot change on resume" in str(info.value)
 
 # -- the shipped recipes --------------------------------------------------------------------------------
 

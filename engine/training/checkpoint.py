@@ -4,6 +4,9 @@ Layout under `<run>/checkpoints/`:
 
     step_00000100/            a complete checkpoint (has COMPLETE)
       ds/                     DeepSpeed engine: module, ZeRO optimizer shards (one file per rank)
+      latest                  DeepSpeed's tag file ("ds"), which its zero_to_fp32.py looks for
+      zero_to_fp32.py         DeepSpeed's converter: online encoder + predictor + heads (not the EMA target)
+      recipe.yaml             the resolved recipe this checkpoint was trained with (export reads it)
       trainer.pt              rank 0: EMA target (fp32), step, counters
       rank_00000.pt           per rank: loader state, RNG states (python, numpy, torch, cuda)
       COMPLETE                JSON written last: step, world size, time
@@ -32,6 +35,7 @@ import torch.distributed as dist
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 COMPLETE = "COMPLETE"
 DS_TAG = "ds"
+RECIPE = "recipe.yaml"
 
 
 def step_dir_name(step: int) -> str:
@@ -85,6 +89,13 @@ def complete_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def checkpoint_recipe(folder: Path) -> Path:
+    """The recipe a checkpoint was trained with: its own copy. Checkpoints written before they carried one
+    fall back to their run folder's recipe.yaml, which is what the run had until a resume rewrote it."""
+    own = Path(folder) / RECIPE
+    return own if own.is_file() else Path(folder).parent.parent / RECIPE
+
+
 def latest_checkpoint(ckpt_root: Path) -> Path | None:
     """The newest complete checkpoint. The `latest` pointer is a hint; COMPLETE markers decide."""
     complete = complete_checkpoints(ckpt_root)
@@ -100,8 +111,10 @@ class CheckpointManager:
 
     # -- writing -------------------------------------------------------------------------------------
 
-    def save(self, step: int, engine, trainer_state: dict[str, Any], rank_state: dict[str, Any]) -> Path:
-        """Collective: every rank calls it with its own rank_state; rank 0's trainer_state is kept."""
+    def save(self, step: int, engine, trainer_state: dict[str, Any], rank_state: dict[str, Any],
+             files: dict[str, str] | None = None) -> Path:
+        """Collective: every rank calls it with its own rank_state; rank 0's trainer_state and `files` (name ->
+        text, e.g. the resolved recipe) are kept."""
         rank = _rank()
         final = self.root / step_dir_name(step)
         partial = self.root / (step_dir_name(step) + ".partial")
@@ -111,11 +124,14 @@ class CheckpointManager:
                 shutil.rmtree(partial)
             partial.mkdir()
         _barrier()
-        # DeepSpeed writes the module (rank 0) and each rank's ZeRO optimizer partition.
-        engine.save_checkpoint(str(partial), tag=DS_TAG, save_latest=False)
+        # DeepSpeed writes the module (rank 0) and each rank's ZeRO optimizer partition, its zero_to_fp32.py,
+        # and the `latest` tag file that script needs to run without `-t ds`.
+        engine.save_checkpoint(str(partial), tag=DS_TAG, save_latest=True)
         torch.save({**rank_state, "rng": capture_rng()}, partial / f"rank_{rank:05d}.pt")
         if rank == 0:
             torch.save(trainer_state, partial / "trainer.pt")
+            for name, text in (files or {}).items():
+                (partial / name).write_text(text, encoding="utf-8")
         _barrier()
         if rank == 0:
             world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

@@ -1,8 +1,9 @@
 """The DeepSpeed config of a run, built from the recipe's `train:`, `optim:` and `parallel:` sections.
 
 The optimizer is a client torch AdamW (param groups with and without weight decay, fused on CUDA), so no
-DeepSpeed op is JIT-compiled; learning rate and weight decay are written into its param groups by the
-loop each step, so no DeepSpeed scheduler is configured.
+DeepSpeed optimizer op is JIT-compiled, and `skip_shm_comm_op` keeps DeepSpeed from building its CPU
+all-reduce op (see there): a training run compiles nothing. Learning rate and weight decay are written into
+the optimizer's param groups by the loop each step, so no DeepSpeed scheduler is configured.
 """
 from __future__ import annotations
 
@@ -51,3 +52,21 @@ def build_ds_config(*, global_batch: int, micro_batch: int, world_size: int, zer
         # Check gradients for NaN/Inf so a poisoned (skipped) step is dropped under bf16 as under fp32.
         config["bf16"] = {"enabled": True, "check_grad_overflow": True}
     return config
+
+
+def skip_shm_comm_op() -> None:
+    """Keep `deepspeed.init_distributed` from building and starting DeepSpeed's shared-memory all-reduce.
+
+    With the CPU accelerator, DeepSpeed's torch comm backend JIT-compiles the `deepspeed_shm_comm` C++ op on
+    first use (about 2.5 minutes of g++ on 2 cores, once per TORCH_EXTENSIONS_DIR) and, under the deepspeed
+    launcher (LOCAL_SIZE == world size), each rank then creates a 66 MB /dev/shm/deepspeed_allreduce_buffer_*
+    file that nothing ever unlinks, not even a clean exit. The op serves only `inference_all_reduce`
+    (DeepSpeed's tensor-parallel inference); ZeRO training reduces through torch.distributed (gloo on CPU,
+    nccl on CUDA), so the trainer never calls it. Reporting it unavailable is the fallback DeepSpeed itself
+    takes where the op cannot be built (`build_shm_op` returns None: no build, no buffer, same training).
+    """
+    import importlib
+
+    # Not `import deepspeed.comm.torch as m`: that binds deepspeed.comm's attribute `torch`, which is torch.
+    ds_comm_torch = importlib.import_module("deepspeed.comm.torch")
+    ds_comm_torch.build_shm_op = lambda: None

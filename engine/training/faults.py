@@ -1,9 +1,11 @@
 """Fault handling of the loop: stop signals and non-finite losses.
 
 SIGTERM/SIGINT only set a flag; the loop checks it once per step (agreed over all ranks), writes a
-checkpoint and exits cleanly. A second SIGINT while stopping is left to the default handler, so an
-impatient Ctrl-C twice still kills the run; a repeated SIGTERM (launchers and schedulers may forward the
-same stop more than once) is ignored, and the scheduler's later SIGKILL remains the hard stop.
+checkpoint and exits with the shell's status for that signal (130 for SIGINT, 143 for SIGTERM, as
+`shards.build` does), so `train && evaluate` does not go on to evaluate an interrupted run. A second
+SIGINT while stopping is left to the default handler, so an impatient Ctrl-C twice still kills the run; a
+repeated SIGTERM (launchers and schedulers may forward the same stop more than once) is ignored, and the
+scheduler's later SIGKILL remains the hard stop.
 
 A NaN/Inf loss skips the optimizer step (the loop poisons the gradients, so DeepSpeed's overflow check
 drops the step and its Adam update) and is counted; `max_in_row` of them in a row stop the run.
@@ -40,9 +42,15 @@ class StopSignal:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.received).name if self.received is not None else ""
+    def votes(self) -> list[float]:
+        """One flag per signal of SIGNALS, to be summed over ranks (all_reduce) and read by `agreed`."""
+        return [float(self.received == sig) for sig in self.SIGNALS]
+
+    @classmethod
+    def agreed(cls, summed_votes: list[float]) -> signal.Signals | None:
+        """The signal every rank stops for (SIGTERM before SIGINT if both arrived), or None: ranks that
+        got no signal themselves exit with the same status as those that did."""
+        return next((signal.Signals(sig) for sig, n in zip(cls.SIGNALS, summed_votes) if n > 0), None)
 
 
 @dataclass

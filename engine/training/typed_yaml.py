@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -142,6 +143,9 @@ def apply_overrides(data: dict, origin: dict[str, str], overrides: list[str]) ->
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
+                # A section that only this --set creates is this --set's: an unknown-key error on it
+                # (`--set trian.steps=30`) must name the flag, not the recipe file.
+                origin[".".join(parts[:i + 1])] = f"--set {item}"
             elif not isinstance(child, dict):
                 raise ConfigError(f"--set {item}: '{'.'.join(parts[:i + 1])}' is a value, not a section; fix: "
                                   f"set it directly")
@@ -161,6 +165,14 @@ def _where(origin: dict[str, str], dotted: str) -> str:
             return origin[probe]
         probe = probe.rpartition(".")[0]
     return origin.get("", "<recipe>")
+
+
+def blame(origin: dict[str, str], *dotted: str) -> str:
+    """The sources (files, `--set` flags) that set these keys, `--set` first, for an error that involves
+    several keys: the flag the user just typed is the likelier culprit than the file it overrides."""
+    sources = list(dict.fromkeys(_where(origin, key) for key in dotted))
+    sources.sort(key=lambda source: not source.startswith("--set "))
+    return ", ".join(sources)
 
 
 def _type_name(tp: Any) -> str:
@@ -298,7 +310,12 @@ def build_dataclass(cls: type, data: dict, origin: dict[str, str], prefix: str =
         return cls(**kwargs)
     except (ValueError, TypeError, AssertionError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"{_where(origin, prefix)}: {prefix or cls.__name__}: {message}") from None
+        # A section's own check names the fields it objects to; blame whoever set those (a `--set` flag or
+        # the file that set the value), not whichever file happened to open the section.
+        named = [name for name in fields if name in data
+                 and re.search(rf"(?<![\w]){re.escape(name)}(?![\w])", message)]
+        where = blame(origin, *(dotted(name) for name in named)) if named else _where(origin, prefix)
+        raise ConfigError(f"{where}: {prefix or cls.__name__}: {message}") from None
 
 
 def to_plain(obj: Any) -> Any:

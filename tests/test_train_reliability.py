@@ -1,0 +1,161 @@
+"""What a user meets around a run's files (issue 13): a refused resume leaves the run untouched, a
+checkpoint carries its own recipe and export reads it, DeepSpeed's zero_to_fp32.py works in a checkpoint as
+shipped, a `deepspeed` launcher run compiles nothing and leaves nothing in /dev/shm, and SIGINT/SIGTERM
+checkpoint and exit 130/143.
+
+One 2-step `deepspeed --num_gpus 1` run of a one-block ViT is shared by the tests that read its files.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train import _deepspeed, _env, _kill_group, _metrics, _module_state, _run  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PORT = 29641  # the shm buffer's name carries the master port: only this run's files are looked for
+
+pytestmark = pytest.mark.slow  # DeepSpeed start-up: several seconds of CPU per process
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from data_fixtures import FixtureSpec, write_dataset
+    root = tmp_path_factory.mktemp("reliability")
+    shards = write_dataset(root / "shards", FixtureSpec(dataset="tiny", num_samples=8, num_frames=16, height=32,
+                                                        width=32, samples_per_shard=8))
+    recipe = {
+        "run": {"name": "tiny", "out_dir": str(root / "runs"), "seed": 3},
+        "model": {"preset": "tiny", "img_size": 32, "num_frames": 8, "patch_size": 8, "tubelet_size": 2, "depth": 1},
+        "predictor": {"preset": "tiny", "depth": 1},
+        "objective": {"variant": "baseline"},
+        "data": {"datasets": [{"root": str(shards), "frame_step": 1}], "num_workers": 1, "num_threads": 1},
+        "train": {"steps": 2, "global_batch": 2, "micro_batch": 2, "checkpoint_every": 1, "keep_last": 3,
+                  "progress_bar": False},
+        "ema": {"momentum": 0.9, "final_momentum": 0.9},
+        "parallel": {"zero_stage": 2, "cpu_threads": 1},
+    }
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return root, path
+
+
+def _shm_buffers() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{PORT}_*")}
+
+
+@pytest.fixture(scope="module")
+def launched(tiny):
+    root, recipe = tiny
+    extensions = root / "torch_extensions"  # empty: a JIT build would land here
+    before = _shm_buffers()
+    result = _run(_deepspeed() + ["--num_gpus", "1", "--master_port", str(PORT), str(REPO / "engine" / "train.py"),
+                                  "--recipe", str(recipe)], TORCH_EXTENSIONS_DIR=str(extensions))
+    left = _shm_buffers() - before
+    for name in left:  # do not let a failing run litter the machine
+        (Path("/dev/shm") / name).unlink(missing_ok=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return root / "runs" / "tiny", result, left, extensions
+
+
+def test_deepspeed_launcher_run_leaves_no_shm_buffer(launched):
+    _, _, left, _ = launched
+    assert not left, f"left in /dev/shm: {sorted(left)}"
+
+
+def test_training_compiles_no_torch_extension(launched):
+    _, result, _, extensions = launched
+    built = sorted(p.name for p in extensions.iterdir()) if extensions.exists() else []
+    assert built == [], built
+    assert "built successfully" not in result.stdout + result.stderr
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_refused_resume_names_the_key_and_leaves_the_run_untouched(tiny, launched):
+    _, recipe = tiny
+    run_dir, _, _, _ = launched
+    before = _snapshot(run_dir)
+    result = _run([sys.executable, "-m", "engine.train", "--recipe", str(recipe), "--resume", "auto",
+                   "--set", "model.depth=2"], timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    err = result.stderr.strip()
+    assert err.count("\n") == 0, err
+    assert err.startswith("error: --resume auto: model.depth was 1 in ") and ", now 2;" in err, err
+    assert "checkpoints/step_00000002/recipe.yaml" in err, err
+    assert _snapshot(run_dir) == before
+
+
+def test_checkpoint_carries_its_recipe_and_export_reads_it(tmp_path, launched):
+    from engine.export import export_checkpoint, load_encoder, main as export_main
+    run_dir, _, _, _ = launched
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    ckpt = run / "checkpoints" / "step_00000002"
+    assert yaml.safe_load((ckpt / "recipe.yaml").read_text())["model"]["depth"] == 1
+    # What a later run of the same name could leave in the run folder: export must not read it.
+    (run / "recipe.yaml").write_text("model: {depth: 7}\n")
+    encoder = load_encoder(export_checkpoint(ckpt, tmp_path / "enc.safetensors"))
+    ema = torch.load(ckpt / "trainer.pt", weights_only=False)["ema_target"]
+    assert len(encoder.blocks) == 1 and all(torch.equal(v, ema[k]) for k, v in encoder.state_dict().items())
+    # A checkpoint without its own recipe (written before they carried one) is a one-line error naming --recipe.
+    (ckpt / "recipe.yaml").unlink()
+    assert export_main([str(ckpt), "--out", str(tmp_path / "x.safetensors")]) == 2
+
+
+def test_shipped_zero_to_fp32_yields_the_online_weights_not_the_export(tmp_path, launched):
+    run_dir, _, _, _ = launched
+    ckpt = run_dir / "checkpoints" / "step_00000002"
+    # Exactly as DeepSpeed documents it: from inside the checkpoint folder, no -t, default options.
+    result = subprocess.run([sys.executable, "zero_to_fp32.py", ".", str(tmp_path / "fp32")], cwd=ckpt,
+                            env=_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    state = torch.load(tmp_path / "fp32" / "pytorch_model.bin", weights_only=False)
+    online = _module_state(ckpt)
+    assert {k.split(".")[0] for k in state} == {"encoder", "predictor"}  # the JEPA module (baseline: no heads)
+    assert state.keys() == online.keys() and all(torch.equal(state[k], online[k]) for k in state)
+    # ... which is the online encoder: the exported encoder (EMA target) is a different set of weights.
+    ema = torch.load(ckpt / "trainer.pt", weights_only=False)["ema_target"]
+    assert any(not torch.equal(state[f"encoder.{k}"], v) for k, v in ema.items())
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_signal_checkpoints_then_exits_with_the_shells_status(tiny, sig, code):
+    root, recipe = tiny
+    name = f"signal_{sig.name}"
+    run_dir = root / "runs" / name
+    cmd = [sys.executable, "-m", "engine.train", "--recipe", str(recipe), "--set", f"run.name={name}",
+           "--set", "train.steps=1000", "--set", "train.checkpoint_every=1000", "--set", "train.export_at_end=false"]
+    log = root / f"{name}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=out, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        try:
+            deadline = time.time() + 240
+            while time.time() < deadline and proc.poll() is None:
+                if (run_dir / "metrics.csv").exists() and len(_metrics(run_dir)) >= 2:
+                    # As Ctrl-C in a terminal (SIGINT) or `kill` from a scheduler: the whole process group.
+                    os.killpg(proc.pid, sig)
+                    break
+                time.sleep(0.2)
+            proc.wait(timeout=120)
+        finally:
+            _kill_group(proc)
+    output = log.read_text()
+    assert proc.returncode == code, output[-3000:]
+    assert f"stopped by {sig.name} at step" in output and "Traceback" not in output, output[-3000:]
+    last = int(_metrics(run_dir)[-1]["step"])
+    assert 2 <= last < 1000
+    assert (run_dir / "checkpoints" / f"step_{last:08d}" / "COMPLETE").is_file()
