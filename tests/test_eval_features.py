@@ -153,3 +153,45 @@ def test_multi_clip_multi_view_evaluation(shard_folder, tmp_path):
     cached = load_cache(train_cache)
     assert cached.features.shape == (6, 2, 2 * TINY.num_tokens, 24)  # [n, V, S*N, D]
     assert not torch.equal(cached.features[:, 0], cached.features[:, 1])  # left and right crops differ
+
+
+def test_probe_train_subset_is_class_balanced_and_independent_of_order():
+    from engine.eval.evaluate import probe_train_subset
+    from engine.eval.features import CachedFeatures
+
+    keys = [f"v_c{label}_g{g:02d}" for label in range(3) for g in range(10)]
+    labels = torch.tensor([label for label in range(3) for _ in range(10)])
+    features = torch.arange(30, dtype=torch.float16).view(30, 1, 1, 1)
+    cached = CachedFeatures(features=features, labels=labels, keys=keys, meta={})
+    subset = probe_train_subset(cached, 4)
+    assert torch.bincount(subset.labels).tolist() == [4, 4, 4]
+    assert subset.keys == sorted(subset.keys, key=keys.index)  # cache order kept
+    assert all(subset.features[i, 0, 0, 0] == keys.index(k) for i, k in enumerate(subset.keys))  # rows follow keys
+    assert subset.keys != [k for k in keys if int(k[-2:]) < 4]  # spread over groups, not the first four
+    order = torch.randperm(30, generator=torch.Generator().manual_seed(0)).tolist()
+    shuffled = CachedFeatures(features=features[order], labels=labels[order], keys=[keys[i] for i in order], meta={})
+    assert set(probe_train_subset(shuffled, 4).keys) == set(subset.keys)  # the keys decide, not the order
+    assert probe_train_subset(cached, None) is cached and len(probe_train_subset(cached, 50).keys) == 30
+
+
+def test_probe_train_per_class_is_in_the_result_key_and_limits_the_probe(shard_folder, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from engine.eval.encoders import random_encoder
+    from engine.eval.evaluate import EvalConfig, evaluate_encoder
+
+    assert BENCHMARKS["synth-ucf"].probe_train_per_class == 50 and BENCHMARKS["ucf101"].probe_train_per_class is None
+    config = EvalConfig(benchmarks=("synth-diving",), probe_epochs=1, probe_batch_size=4)
+    assert "probe_train_per_class" not in config.key(BENCHMARKS["synth-diving"])  # older keys stay valid
+    assert config.key(BENCHMARKS["synth-ucf"])["probe_train_per_class"] == 50
+    with pytest.raises(ValueError, match="probe_train_per_class"):
+        replace(BENCHMARKS["synth-ucf"], probe_train_per_class=0)
+    monkeypatch.setitem(BENCHMARKS, "synth-diving", replace(BENCHMARKS["synth-diving"], probe_train_per_class=1))
+    stored = evaluate_encoder(random_encoder("sub", TINY, seed=0), config, shard_folder.parent, tmp_path / "cache",
+                              tmp_path / "evals", device=torch.device("cpu"))
+    entry = stored["benchmarks"]["synth-diving"]
+    assert entry["key"]["probe_train_per_class"] == 1
+    assert entry["probes"]["paper_attentive"]["num_train"] == 3  # one per class of 3; the test split whole
+    assert entry["probes"]["paper_attentive"]["num_test"] == 3 and entry["split_check"]["train"] == 6
+    (cache,) = (tmp_path / "cache").rglob("train-tokens-1x1")
+    assert len(load_cache(cache).keys) == 6  # the cache holds the whole split

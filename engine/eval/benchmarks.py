@@ -5,7 +5,9 @@ probe" on all tokens; SSv2 twice, as the paper did it (that probe on one mean-po
 non-linear probe on average-pooled features) and with a real V-JEPA attentive pooler on all tokens;
 ImageNet-100 with a linear probe on mean-pooled tokens. Epochs are the same for every encoder; the
 paper's 100/50 apply at paper scale, the study's scale may override them for every run alike.
-Each synth part stands in for the real benchmark it mirrors, with the same splits and probes.
+Each synth part stands in for the real benchmark it mirrors, with the same splits and probes; synth-ucf
+also trains its probe on a class-balanced subset of its training split (`probe_train_per_class`), so that
+pretraining (the whole split) sees far more clips than the probe learns from.
 """
 from __future__ import annotations
 
@@ -47,6 +49,14 @@ class Benchmark:
     batch_size: int  # probe batch (the paper: 16 for the attentive probes, 256 for the linear one)
     axis: str  # "question" (UCF-101), "motion" or "appearance": where it sits in the trade-off plot
     mirrors: str = ""  # for a synth part: the real benchmark it stands in for
+    # Probe training reads only this many samples of each class of `train_split` (None: all of them), the
+    # same subset for every encoder and probe seed; pretraining still uses the whole split.
+    probe_train_per_class: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.probe_train_per_class is not None and self.probe_train_per_class < 1:
+            raise ValueError(f"benchmark {self.name}: probe_train_per_class must be >= 1 or None, "
+                             f"got {self.probe_train_per_class}")
 
     @property
     def headline(self) -> ProbeProtocol:
@@ -72,10 +82,13 @@ _REAL = (
     Benchmark("imagenet100", "imagenet100", "train", "val", (LINEAR_MEAN,), 50, 256, "appearance"),
 )
 _SYNTH_NAMES = {"ucf101": "synth-ucf", "diving48": "synth-diving", "ssv2": "synth-ssv2", "imagenet100": "synth-in"}
+# synth-ucf's 2,520 training clips pretrain; its probe learns from 50 per class (1,000 clips).
+_SYNTH_PROBE_TRAIN_PER_CLASS = {"synth-ucf": 50}
 
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in _REAL}
 BENCHMARKS.update({
-    _SYNTH_NAMES[b.name]: replace(b, name=_SYNTH_NAMES[b.name], folder=_SYNTH_NAMES[b.name], mirrors=b.name)
+    _SYNTH_NAMES[b.name]: replace(b, name=_SYNTH_NAMES[b.name], folder=_SYNTH_NAMES[b.name], mirrors=b.name,
+                                  probe_train_per_class=_SYNTH_PROBE_TRAIN_PER_CLASS.get(_SYNTH_NAMES[b.name]))
     for b in _REAL
 })
 SUITES: dict[str, tuple[str, ...]] = {

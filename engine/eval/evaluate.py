@@ -12,9 +12,11 @@ Feature caches live under `<cache_root>/<weights fingerprint>/` and are shared b
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -67,6 +69,8 @@ class EvalConfig:
         probes = [asdict(p) for p in self.active_probes(benchmark)]
         key = {"probe": asdict(self.probe_config(benchmark)), "clips": self.num_clips, "views": self.num_views,
                "probes": probes, "folder": benchmark.folder, "splits": [benchmark.train_split, benchmark.test_split]}
+        if benchmark.probe_train_per_class is not None:  # absent otherwise: older results stay reusable
+            key["probe_train_per_class"] = benchmark.probe_train_per_class
         return json.loads(json.dumps(key))  # as stored: tuples become lists, so stored keys compare equal
 
 
@@ -84,6 +88,23 @@ def pool_for_probe(cached: CachedFeatures, pooling: str) -> CachedFeatures:
         return cached
     pooled = cached.features.float().mean(dim=2, keepdim=True).to(torch.float16)  # [n, V, 1, D]
     return CachedFeatures(features=pooled, labels=cached.labels, keys=cached.keys, meta=cached.meta)
+
+
+def probe_train_subset(cached: CachedFeatures, per_class: int | None) -> CachedFeatures:
+    """The first `per_class` samples of each class in the order of sha256(key) (all when None), kept in cache
+    order: a class-balanced subset that depends on the keys alone, so every encoder and probe seed gets it."""
+    if per_class is None:
+        return cached
+    taken: Counter = Counter()
+    chosen = []
+    for i in sorted(range(len(cached.keys)), key=lambda i: hashlib.sha256(cached.keys[i].encode()).hexdigest()):
+        label = int(cached.labels[i])
+        if taken[label] < per_class:
+            taken[label] += 1
+            chosen.append(i)
+    index = torch.tensor(sorted(chosen), dtype=torch.long)
+    return CachedFeatures(features=cached.features[index], labels=cached.labels[index],
+                          keys=[cached.keys[i] for i in index.tolist()], meta=cached.meta)
 
 
 def evaluate_encoder(
@@ -146,6 +167,7 @@ def _evaluate_benchmark(encoder, fingerprint: str, inputs: CheckedBenchmark, con
     shared = set(train.keys) & set(test.keys)
     if shared:
         raise ValueError(f"{folder}: extracted train and test features share key {sorted(shared)[0]!r}; rebuild the shards")
+    train = probe_train_subset(train, benchmark.probe_train_per_class)  # the cache stays whole
     probes = {}
     for protocol in config.active_probes(benchmark):
         result = train_probe_sweep(pool_for_probe(train, protocol.pooling), pool_for_probe(test, protocol.pooling),

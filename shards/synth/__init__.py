@@ -3,11 +3,10 @@
 `generate_suite(out_root, scale="demo", seed=0, parts=None, workers=None)` writes four raw trees in the
 real datasets' published layouts, so `python -m shards.build` reads them with the real adapters:
 
-    synth-ucf     UCF-101 layout (MPEG-4 .avi, classInd / trainlist0k / testlist0k). 20 actions, each a
-                  motion pattern of a sprite: Slide{Right,Left,Up,Down,UpRight,DownLeft},
-                  Spin{Clockwise,CounterClockwise}, Zoom{In,Out}, Bounce{Floor,Walls},
-                  Orbit{Clockwise,CounterClockwise}, Swing{Horizontal,Vertical}, Zigzag, Pulse,
-                  SpiralOut, Wobble. The background scene is correlated with the class, not decided by it.
+    synth-ucf     UCF-101 layout (MPEG-4 .avi, classInd / trainlist0k / testlist0k). 20 actions =
+                  10 digit identities x {Slide (any direction), Spin (either sense)}: ZeroSlide,
+                  ZeroSpin, ..., NineSpin. Scene, background, colour, size, tilt, direction and sense
+                  are drawn per clip, independently of the class.
     synth-ssv2    SSv2 layout (VP9 .webm, labels/*.json). 16 templates in 8 time-reversed pairs about
                   two objects (closer / away, left->right / right->left, up / down, into / out of view,
                   covering / uncovering, together / apart, camera in / out, spin-then-move /

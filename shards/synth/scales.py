@@ -15,7 +15,7 @@ UCF_NUM_SPLITS = 3
 
 @dataclass(frozen=True)
 class UcfScale:
-    """synth-ucf: `groups` disjoint sprite/scene instances per class, `clips_per_group` clips each."""
+    """synth-ucf: `groups` disjoint pools of digit images and photo tiles, `clips_per_group` clips per class each."""
     width: int
     height: int
     frames: int
@@ -88,9 +88,10 @@ def _check_counts(scale) -> None:
         raise ValueError(f"{type(scale).__name__}: train_per_class and test_per_class must be >= 1")
 
 
+# UCF: 25 groups x 7 clips x 20 classes = 3,500 clips, 2,520 train (18 groups) / 980 test (7 groups).
 DEMO = SuiteScale(
     name="demo",
-    ucf=UcfScale(width=64, height=64, frames=32, groups=25, clips_per_group=2),
+    ucf=UcfScale(width=64, height=64, frames=32, groups=25, clips_per_group=7),
     ssv2=VideoScale(width=64, height=64, frames=32, train_per_class=40, test_per_class=12),
     imagenet=ImageScale(width=64, height=64, train_per_class=20, test_per_class=5),
     diving=VideoScale(width=64, height=64, frames=32, train_per_class=20, test_per_class=6),
@@ -101,7 +102,7 @@ DEMO = SuiteScale(
 # scaled to this suite's class counts; meant for a many-core machine.
 GPU = SuiteScale(
     name="gpu",
-    ucf=UcfScale(width=288, height=224, frames=64, groups=25, clips_per_group=6),
+    ucf=UcfScale(width=288, height=224, frames=64, groups=25, clips_per_group=21),
     ssv2=VideoScale(width=288, height=224, frames=48, train_per_class=1500, test_per_class=200),
     imagenet=ImageScale(width=224, height=224, train_per_class=600, test_per_class=50),
     diving=VideoScale(width=288, height=224, frames=64, train_per_class=300, test_per_class=40),

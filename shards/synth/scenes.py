@@ -1,8 +1,8 @@
 """Background scenes: a photo crop colour-graded into one of ten looks, optionally with a floor band.
 
 A scene is a look, not a place: the photo region comes from the sample's instance pool (so held-out
-samples never reuse training regions), the scene only sets the colour grade and the floor.
-synth-ucf correlates scenes with classes the way UCF-101 actions correlate with their settings.
+samples never reuse training regions), the scene only sets the colour grade and the floor. Every part
+draws scenes independently of the class, so a colour grade never tells the label.
 """
 from __future__ import annotations
 

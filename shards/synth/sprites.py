@@ -1,7 +1,8 @@
 """Random digit sprites: a handwritten digit shape filled with a colour, a pattern or a photo texture.
 
-Used where appearance is a nuisance (synth-ucf, synth-ssv2): the label never depends on it. The digit
-image and texture tile come from the caller's instance pools, so held-out samples get unseen sprites.
+`choose_digit_sprite` serves synth-ssv2, where appearance is a nuisance; synth-ucf, whose label includes
+the digit's identity, picks the image itself and draws a solid fill with `draw_sprite`. The digit image
+and texture tile come from the caller's instance pools, so held-out samples get unseen sprites.
 Choosing a sprite (cheap, gives its description) is separate from drawing it (costs a few ms).
 """
 from __future__ import annotations

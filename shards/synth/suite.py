@@ -24,7 +24,7 @@ PART_MODULES = {module.NAME: module for module in (ucf, ssv2, imagenet, diving)}
 PART_NAMES = tuple(PART_MODULES)
 COMPLETE_MARKER = ".synth-complete.json"
 PROGRESS_MARKER = ".synth-progress.json"
-GENERATOR_VERSION = 3  # bump when a change to the generator changes its output bytes
+GENERATOR_VERSION = 4  # bump when a change to the generator changes its output bytes
 JOBS_PER_TASK = 8      # samples per worker task: amortises pickling without starving the progress bar
 
 

@@ -1,20 +1,24 @@
-"""synth-ucf: 20 action classes, each a motion pattern of a sprite, in the UCF-101 on-disk layout.
+"""synth-ucf: 20 action classes = 10 digit identities x 2 motion families, in the UCF-101 on-disk layout.
 
-Stands in for UCF-101 (actions with scene context). The label is the motion pattern; the background
-*scene* is correlated with it (each class prefers one of ten scenes half of the time, two classes share a
-preferred scene) but never decides it. Random per group: the sprite (digit image and fill), the photo
-region, the scene draw. Random per clip: speed within a band, start position, direction jitter, noise.
+Stands in for UCF-101. The label is *what* moves (the handwritten digit's identity) and *how* (`Slide`: a
+straight line in a direction drawn over the full circle; `Spin`: rotation in place, either sense), so
+neither appearance statistics nor motion energy decide it: the digit's shape must be read, and the two
+families tell apart only by how that shape moves. Everything else is drawn per clip and never looks at
+the class: the scene (colour grade and floor), the photo crop behind the sprite, the sprite's fill
+colour, size, tilt and start position, the slide direction and speed, the spin sense and angle, noise.
 
 Layout written (as UCF-101 publishes it; class folders and classInd in alphabetical order):
     UCF-101/<Class>/v_<Class>_gGG_cCC.avi     MPEG-4 Part 2 in AVI, 25 fps
-    ucfTrainTestlist/classInd.txt             "1 BounceFloor" ... (1-based)
+    ucfTrainTestlist/classInd.txt             "1 EightSlide" ... (1-based)
     ucfTrainTestlist/trainlist0{1,2,3}.txt    "<Class>/v_<Class>_g08_c01.avi 1"
     ucfTrainTestlist/testlist0{1,2,3}.txt     "<Class>/v_<Class>_g01_c01.avi"
-Groups are disjoint sprite instances and photo regions (group g uses digit images and photo tiles
-with index % groups == g-1), and split k tests on groups 7(k-1)+1 .. 7k, as in UCF-101.
+Groups own disjoint instances (group g draws its digit images and photo tiles among those with
+index % groups == g-1, a fresh draw per clip), and split k tests on groups 7(k-1)+1 .. 7k, as in UCF-101.
 """
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,115 +29,32 @@ from .scales import UCF_NUM_SPLITS, UCF_TEST_GROUPS_PER_SPLIT, SuiteScale
 
 NAME = "synth-ucf"
 CODE = 1
-SPRITE_SIZE = 0.34         # sprite side as a fraction of the frame's short side
-PREFERRED_SCENE_P = 0.5    # chance a group uses its class's preferred scene instead of a random one
-MARGIN = 0.18              # unit-square margin the sprite centre stays inside on straight paths
+FAMILIES = ("Slide", "Spin")
+SPRITE_SIZE = (0.40, 0.50)    # sprite side / frame's short side: 3-4 patches of 8 px at 64 px
+TILT_DEG = 15.0               # |tilt| at most (a Spin's orientation at mid-clip)
+SLIDE_LENGTH = (0.25, 0.40)   # path over the whole clip / frame's short side: visible in 8 of 32 frames
+SPIN_DEG = (30.0, 60.0)       # rotation over the whole clip; <= 60 so 6 and 9 never meet (max |angle| 45)
+SPIN_REACH = 1.13             # the ink box (80 % of the sprite's side) turned 45 deg reaches 1.13 half sides
 
 
-def _speed(rng) -> float:
-    return float(rng.uniform(0.75, 1.25))
+def _class_name(digit: int, family: str) -> str:
+    return f"{assets.DIGIT_WORDS[digit].capitalize()}{family}"
 
 
-def _slide(direction_deg: float):
-    def motion(rng, t):
-        heading = np.deg2rad(direction_deg + rng.uniform(-12, 12))
-        length = 0.5 * _speed(rng)
-        step = np.array([np.cos(heading), -np.sin(heading)]) * length  # y grows downwards
-        start = [rng.uniform(MARGIN - min(0.0, d), 1 - MARGIN - max(0.0, d)) for d in step]
-        x, y = start[0] + step[0] * t, start[1] + step[1] * t
-        return x, y, np.full_like(t, rng.uniform(-10, 10)), np.ones_like(t)
-    return motion
+# Class name -> (digit identity, motion family); UCF-101 numbers its classes alphabetically.
+CLASSES = {_class_name(d, f): (d, f) for d in range(10) for f in FAMILIES}
+ALL_CLASSES = sorted(CLASSES)
 
 
-def _spin(sign: float):
-    def motion(rng, t):
-        cx, cy = rng.uniform(0.3, 0.7, 2)
-        angle = rng.uniform(0, 360) + sign * 360.0 * _speed(rng) * t
-        return np.full_like(t, cx), np.full_like(t, cy), angle, np.ones_like(t)
-    return motion
-
-
-def _zoom(inward: bool):
-    def motion(rng, t):
-        cx, cy = rng.uniform(0.35, 0.65, 2)
-        spread = 0.45 * _speed(rng)
-        scale = 1.0 + spread * (2 * t - 1) * (1 if inward else -1)
-        return np.full_like(t, cx), np.full_like(t, cy), np.full_like(t, rng.uniform(-10, 10)), scale
-    return motion
-
-
-def _bounce_floor(rng, t):
-    bounces = 2.0 * _speed(rng)
-    x = rng.uniform(0.3, 0.7) + rng.uniform(-0.15, 0.15) * t
-    y = 0.78 - 0.5 * np.abs(np.sin(np.pi * bounces * t + rng.uniform(0, np.pi)))
-    return x, y, np.zeros_like(t), np.ones_like(t)
-
-
-def _bounce_walls(rng, t):
-    travel = 1.5 * _speed(rng) * t + rng.uniform(0, 2)   # in wall-to-wall traversals
-    triangle = np.abs((travel % 2.0) - 1.0)              # 0..1..0
-    x = MARGIN + (1 - 2 * MARGIN) * triangle
-    return x, np.full_like(t, rng.uniform(0.3, 0.7)), np.zeros_like(t), np.ones_like(t)
-
-
-def _orbit(sign: float):
-    def motion(rng, t):
-        cx, cy = rng.uniform(0.42, 0.58, 2)
-        radius = rng.uniform(0.2, 0.28)
-        phase = rng.uniform(0, 2 * np.pi) + sign * 2 * np.pi * _speed(rng) * t  # sign>0: clockwise on screen
-        return cx + radius * np.cos(phase), cy + radius * np.sin(phase), np.zeros_like(t), np.ones_like(t)
-    return motion
-
-
-def _swing(horizontal: bool):
-    def motion(rng, t):
-        centre = rng.uniform(0.4, 0.6)
-        other = np.full_like(t, rng.uniform(0.3, 0.7))
-        wave = centre + 0.25 * np.sin(2 * np.pi * 1.5 * _speed(rng) * t + rng.uniform(0, 2 * np.pi))
-        return (wave, other, np.zeros_like(t), np.ones_like(t)) if horizontal else \
-            (other, wave, np.zeros_like(t), np.ones_like(t))
-    return motion
-
-
-def _zigzag(rng, t):
-    x = rng.uniform(MARGIN, 0.35) + 0.45 * t
-    teeth = 3.0 * _speed(rng) * t + rng.uniform(0, 2)
-    y = rng.uniform(0.35, 0.65) + 0.3 * (np.abs((teeth % 2.0) - 1.0) - 0.5)
-    return x, y, np.zeros_like(t), np.ones_like(t)
-
-
-def _pulse(rng, t):
-    cx, cy = rng.uniform(0.35, 0.65, 2)
-    scale = 1.0 + 0.35 * np.sin(2 * np.pi * 2.0 * _speed(rng) * t + rng.uniform(0, 2 * np.pi))
-    return np.full_like(t, cx), np.full_like(t, cy), np.zeros_like(t), scale
-
-
-def _spiral_out(rng, t):
-    cx, cy = rng.uniform(0.42, 0.58, 2)
-    radius = 0.03 + 0.27 * t
-    sign = 1.0 if rng.random() < 0.5 else -1.0
-    phase = rng.uniform(0, 2 * np.pi) + sign * 2 * np.pi * 1.2 * _speed(rng) * t
-    return cx + radius * np.cos(phase), cy + radius * np.sin(phase), np.zeros_like(t), np.ones_like(t)
-
-
-def _wobble(rng, t):
-    cx, cy = rng.uniform(0.35, 0.65, 2)
-    angle = 35.0 * np.sin(2 * np.pi * 1.5 * _speed(rng) * t + rng.uniform(0, 2 * np.pi))
-    return np.full_like(t, cx), np.full_like(t, cy), angle, np.ones_like(t)
-
-
-# Class name -> motion(rng, t [T]) -> (x, y, angle_deg_ccw, scale), positions in the unit square.
-MOTIONS = {
-    "SlideRight": _slide(0), "SlideLeft": _slide(180), "SlideUp": _slide(90), "SlideDown": _slide(270),
-    "SlideUpRight": _slide(45), "SlideDownLeft": _slide(225),
-    "SpinClockwise": _spin(-1.0), "SpinCounterClockwise": _spin(1.0),
-    "ZoomIn": _zoom(True), "ZoomOut": _zoom(False),
-    "BounceFloor": _bounce_floor, "BounceWalls": _bounce_walls,
-    "OrbitClockwise": _orbit(1.0), "OrbitCounterClockwise": _orbit(-1.0),
-    "SwingHorizontal": _swing(True), "SwingVertical": _swing(False),
-    "Zigzag": _zigzag, "Pulse": _pulse, "SpiralOut": _spiral_out, "Wobble": _wobble,
-}
-ALL_CLASSES = sorted(MOTIONS)  # UCF-101 numbers its classes alphabetically
+@dataclass(frozen=True)
+class ClipLook:
+    """The appearance draws of one clip (no pixels yet): what the sprite and the scene look like."""
+    scene: scenes.Scene
+    tile: int            # photo tile the background is cropped from
+    color: tuple         # sprite fill RGB
+    digit_index: int     # into assets.digit_images(), of the class's digit identity
+    size_frac: float     # sprite side / frame's short side
+    tilt: float          # degrees counter-clockwise
 
 
 def class_names(scale: SuiteScale) -> list[str]:
@@ -160,6 +81,64 @@ def plan(scale: SuiteScale, seed: int) -> list[SampleJob]:
     return jobs
 
 
+@functools.lru_cache(maxsize=None)
+def digit_pool(groups: int, group: int, digit: int) -> np.ndarray:
+    """Digit images of identity `digit` that group `group` (1-based) owns."""
+    images, labels = assets.digit_images()
+    members = assets.pool_members(len(images), groups, group - 1)
+    chosen = members[labels[members] == digit]
+    if not len(chosen):
+        raise ValueError(f"synth-ucf: {groups} groups leave group {group} no image of digit {digit}")
+    return chosen
+
+
+def clip_look(job: SampleJob, scale: SuiteScale, seed: int) -> ClipLook:
+    """The clip's appearance. Scene, tile and colour come first from the clip's own stream and are drawn
+    the same way for every class; the class only picks which digit identity the image is drawn from."""
+    class_index, group, clip = job.stream
+    groups = scale.ucf.groups
+    rng = sample_rng(seed, CODE, 1, class_index, group, clip)
+    scene = scenes.random_scene(rng)
+    tile = int(rng.choice(assets.pool_members(len(assets.photo_tiles()), groups, group - 1)))
+    color = tuple(float(c) for c in assets.random_color(rng))
+    size_frac = float(rng.uniform(*SPRITE_SIZE))
+    tilt = float(rng.uniform(-TILT_DEG, TILT_DEG))
+    digit = CLASSES[ALL_CLASSES[class_index]][0]
+    digit_index = int(rng.choice(digit_pool(groups, group, digit)))
+    return ClipLook(scene, tile, color, digit_index, size_frac, tilt)
+
+
+def _slide(rng, t, width: int, height: int, half: float, tilt: float):
+    """A straight line of random direction and length; the sprite stays whole in frame throughout."""
+    heading = rng.uniform(0.0, 2 * np.pi)
+    length = rng.uniform(*SLIDE_LENGTH) * min(width, height)
+    dx, dy = length * np.cos(heading), -length * np.sin(heading)  # y grows downwards
+    x0 = rng.uniform(half - min(0.0, dx), width - half - max(0.0, dx))
+    y0 = rng.uniform(half - min(0.0, dy), height - half - max(0.0, dy))
+    return x0 + dx * t, y0 + dy * t, np.full_like(t, tilt)
+
+
+def _spin(rng, t, width: int, height: int, half: float, tilt: float):
+    """Rotation in place, either sense, centred on the tilt so |angle| <= TILT_DEG + SPIN_DEG[1] / 2."""
+    sense = 1.0 if rng.random() < 0.5 else -1.0
+    total = rng.uniform(*SPIN_DEG)
+    reach = half * SPIN_REACH
+    cx, cy = rng.uniform(reach, width - reach), rng.uniform(reach, height - reach)
+    return np.full_like(t, cx), np.full_like(t, cy), tilt + sense * total * (t - 0.5)
+
+
+# Motion family -> motion(rng, t [T], width, height, half side px, tilt) -> (x px, y px, angle_deg_ccw).
+MOTIONS = {"Slide": _slide, "Spin": _spin}
+
+
+def sprite_image(look: ClipLook):
+    """The clip's sprite: its digit image filled with one colour, with the dark rim `sprites` draws."""
+    choice = sprites.SpriteChoice(digit_index=look.digit_index, fill_kind="solid", color=look.color,
+                                  second_color=look.color, period=8, vertical=False, tile_index=look.tile,
+                                  texture_seed=0)
+    return sprites.draw_sprite(choice)
+
+
 def render(job: SampleJob, scale: SuiteScale, seed: int) -> bytes:
     return media.encode_video(render_frames(job, scale, seed), media.UCF_AVI)
 
@@ -168,25 +147,18 @@ def render_frames(job: SampleJob, scale: SuiteScale, seed: int) -> np.ndarray:
     """[T, H, W, 3] uint8 frames of one clip."""
     class_index, group, clip = job.stream
     size = scale.ucf
-    group_rng = sample_rng(seed, CODE, 0, class_index, group)  # shared by every clip of the group
-    digits = assets.pool_members(len(assets.digit_images()[0]), size.groups, group - 1)
-    tiles = assets.pool_members(len(assets.photo_tiles()), size.groups, group - 1)
-    sprite = sprites.draw_sprite(sprites.choose_digit_sprite(group_rng, digits, tiles))
-    preferred = scenes.SCENES[class_index % len(scenes.SCENES)]
-    scene = preferred if group_rng.random() < PREFERRED_SCENE_P else scenes.random_scene(group_rng)
-    tile = int(group_rng.choice(tiles))
-
-    rng = sample_rng(seed, CODE, 1, class_index, group, clip)
-    background = scenes.render_background(rng, tile, size.width, size.height, scene)
-    x, y, angle, zoom = MOTIONS[ALL_CLASSES[class_index]](rng, unit_time(size.frames))
-    short = min(size.width, size.height)
-    sprite_px = SPRITE_SIZE * short * rng.uniform(0.85, 1.15)
+    look = clip_look(job, scale, seed)
+    rng = sample_rng(seed, CODE, 2, class_index, group, clip)  # background crop, path, noise
+    background = scenes.render_background(rng, look.tile, size.width, size.height, look.scene)
+    sprite_px = look.size_frac * min(size.width, size.height)
+    family = CLASSES[ALL_CLASSES[class_index]][1]
+    x, y, angle = MOTIONS[family](rng, unit_time(size.frames), size.width, size.height, sprite_px / 2, look.tilt)
+    sprite = sprite_image(look)
     backdrop = draw.to_image(background)
     frames = []
     for step in range(size.frames):
         frame = backdrop.copy()
-        draw.place(frame, sprite, x[step] * size.width, y[step] * size.height,
-                   sprite_px * zoom[step], angle[step])
+        draw.place(frame, sprite, x[step], y[step], sprite_px, angle[step])
         frames.append(np.asarray(frame))
     return draw.with_noise(np.stack(frames), rng, scale.noise_std)
 
