@@ -1,0 +1,75 @@
+"""In-memory clips for the learning search, of synth-ucf v4's design (docs/synth.md): label = digit (10) x
+motion family (slide / spin), every appearance draw (scene, photo crop, colour, size, position) independent
+of the class. Pretraining and the probe's training clips use the train pools of digit images and photo
+tiles (shards.synth.assets), test clips the held-out pools. Rendered here as 8 consecutive 64 px frames,
+so a search step reads arrays instead of decoding shards.
+
+    python -m benchmarks.learning_search.clips --out data/learning_search/clips.npz
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from shards.synth import assets, draw, scenes
+
+MOTIONS = ("slide", "spin")
+
+def render_clip(rng, digit_index, motion, frames=8, size=64, train=True, sprite_px=(26, 34)):
+    """[T, H, W, 3] uint8: one digit sprite sliding in a uniform direction or spinning in place."""
+    tiles = assets.split_tile_indices(train)
+    bg = scenes.render_background(rng, int(rng.choice(tiles)), size, size, scenes.random_scene(rng))
+    backdrop = draw.to_image(bg)
+    px = int(rng.integers(*sprite_px))
+    alpha = assets.digit_alpha(digit_index, px)
+    rim = np.clip(draw.dilate(alpha, 1) - alpha, 0, 1)
+    fill = draw.solid_fill(assets.random_color(rng), px) * (1 - 0.8 * rim[..., None])
+    sprite = draw.sprite_from(np.maximum(alpha, rim), fill)
+    cx, cy = rng.uniform(0.35, 0.65, 2) * size
+    ang0 = rng.uniform(-15, 15)
+    if motion == "slide":
+        theta = rng.uniform(0, 2 * np.pi); speed = rng.uniform(1.5, 3.0)
+        vx, vy = np.cos(theta) * speed, np.sin(theta) * speed
+        cx -= vx * (frames - 1) / 2; cy -= vy * (frames - 1) / 2
+    else:
+        sense = rng.choice([-1.0, 1.0]); omega = rng.uniform(4, 8) * sense
+    out = []
+    for t in range(frames):
+        frame = backdrop.copy()
+        if motion == "slide":
+            draw.place(frame, sprite, cx + vx * t, cy + vy * t, px, ang0)
+        else:
+            draw.place(frame, sprite, cx, cy, px, ang0 + omega * t)
+        out.append(np.asarray(frame))
+    return draw.with_noise(np.stack(out), rng, 6.0)  # [T, H, W, 3] uint8
+
+def make_split(n, seed, train, frames=8, size=64):
+    """n clips with labels digit * 2 + motion, digit and motion uniform."""
+    rng = np.random.default_rng(seed)
+    clips = np.empty((n, frames, size, size, 3), np.uint8); labels = np.empty(n, np.int64)
+    for i in range(n):
+        digit = int(rng.integers(10)); motion = int(rng.integers(2))
+        idx = assets.split_digit_indices(train, digit)
+        clips[i] = render_clip(rng, int(rng.choice(idx)), MOTIONS[motion], frames, size, train)
+        labels[i] = digit * 2 + motion
+    return clips, labels
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="data/learning_search/clips.npz")
+    parser.add_argument("--pretrain", type=int, default=4000, help="pretraining clips (the probe trains on the first 1,000)")
+    parser.add_argument("--test", type=int, default=1000, help="held-out test clips")
+    args = parser.parse_args(argv)
+    started = time.time()
+    pretrain, pretrain_labels = make_split(args.pretrain, 1, True)
+    test, test_labels = make_split(args.test, 2, False)
+    from pathlib import Path
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(args.out, pre=pretrain, pre_labels=pretrain_labels, test=test, test_labels=test_labels)
+    print(f"{args.out}: {len(pretrain)} pretraining and {len(test)} test clips in {time.time() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

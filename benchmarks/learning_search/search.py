@@ -1,0 +1,155 @@
+"""Learning search: the engine's encoder, predictor, JEPA loss, masks and EMA in a plain loop on in-memory
+clips (benchmarks/learning_search/clips.py), probed with the engine's probe at chosen steps, beside the
+random init (step 0) and a pixel baseline (patch embedding only). Fast enough to compare settings on the
+2-core CPU before a setting becomes a recipe; results go to one JSON per run as they come.
+
+    python -m benchmarks.learning_search.clips
+    python -m benchmarks.learning_search.search --steps 600 --eval-at 0,300,600 --pixel --out run.json
+"""
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+from engine.models import VisionTransformer, Predictor, model_preset, predictor_preset, make_ema_target
+from engine.masking.generator import build_mask_generator, MASKING_REGISTRY
+from engine.masking.config import MaskConfig
+from engine.jepa import JEPA, JEPAConfig
+from engine.objectives.jepa_loss import ContextLossConfig
+from engine.eval.features import CachedFeatures
+from engine.eval.probes import ProbeArch
+from engine.eval.probe_train import ProbeTrainConfig, train_probe_sweep
+
+p = argparse.ArgumentParser()
+p.add_argument("--data", default="data/learning_search/clips.npz")
+p.add_argument("--steps", type=int, default=600)
+p.add_argument("--batch", type=int, default=16)
+p.add_argument("--lr", type=float, default=5e-4)
+p.add_argument("--wd", type=float, default=0.04)
+p.add_argument("--warmup", type=int, default=50)
+p.add_argument("--ema", type=float, nargs=2, default=[0.996, 1.0])
+p.add_argument("--masks", default="multiblock")  # registry name or json list of MaskConfig kwargs
+p.add_argument("--embed", type=int, default=64); p.add_argument("--depth", type=int, default=4); p.add_argument("--heads", type=int, default=4)
+p.add_argument("--patch", type=int, default=8)
+p.add_argument("--pred", type=str, default="2,64,4")  # depth,width,heads
+p.add_argument("--levels", type=str, default="")  # out_layers e.g. "3" or "1,3"
+p.add_argument("--ctx", type=float, default=0.0)  # context loss weight (0 = off)
+p.add_argument("--variant", default="baseline")
+p.add_argument("--pix", type=float, default=0.0)
+p.add_argument("--eval-online", action="store_true")
+p.add_argument("--probe-sweep", type=str, default="")
+p.add_argument("--seed", type=int, default=0)
+p.add_argument("--eval-at", type=str, default="0,600")
+p.add_argument("--probe-seeds", type=int, default=2)
+p.add_argument("--probe-epochs", type=int, default=20)
+p.add_argument("--probe-n", type=int, default=1000)
+p.add_argument("--probe-batch", type=int, default=32)
+p.add_argument("--probe-lr", type=float, default=1e-3)
+p.add_argument("--pixel", action="store_true")
+p.add_argument("--threads", type=int, default=2)
+p.add_argument("--aug", action="store_true")
+p.add_argument("--out", required=True)
+a = p.parse_args()
+torch.set_num_threads(a.threads)
+torch.manual_seed(a.seed)
+d = np.load(a.data)
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1, 1); STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1, 1)
+def to_video(u8):  # [B, T, H, W, 3] uint8 -> [B, 3, T, H, W]
+    x = torch.from_numpy(u8).permute(0, 4, 1, 2, 3).float() / 255.0
+    return (x - MEAN) / STD
+pre, test, test_labels = d["pre"], d["test"], torch.from_numpy(d["test_labels"])
+probe_train, probe_labels = pre[:a.probe_n], torch.from_numpy(d["pre_labels"][:a.probe_n])
+levels = tuple(int(x) for x in a.levels.split(",")) if a.levels else None
+cfg = model_preset("tiny", img_size=64, num_frames=pre.shape[1], patch_size=a.patch, tubelet_size=2, pos_embed="rope",
+                   embed_dim=a.embed, depth=a.depth, num_heads=a.heads, out_layers=levels)
+encoder = VisionTransformer(cfg)
+if a.masks in MASKING_REGISTRY:
+    masks = build_mask_generator(a.masks)
+else:
+    masks = build_mask_generator([MaskConfig(**m) for m in json.loads(a.masks)])
+pd, pw, ph = (int(x) for x in a.pred.split(","))
+predictor = Predictor(predictor_preset("tiny", depth=pd, width=pw, num_heads=ph), encoder.out_dim, cfg.grid, masks.num_mask_configs)
+from engine.objectives.base import Variant, Term
+variant = a.variant if a.pix <= 0 else Variant("pix", (Term("pixel_target", a.pix),))
+jepa = JEPA(encoder, predictor, variant, JEPAConfig(context_loss=ContextLossConfig(weight_distance=True, lambda_value=a.ctx, lambda_start=0, lambda_end=1)))
+target = make_ema_target(encoder)
+decay, no_decay = [], []
+for n_, p_ in jepa.named_parameters():
+    (no_decay if p_.ndim < 2 else decay).append(p_)
+opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.wd}, {"params": no_decay, "weight_decay": 0.0}], lr=a.lr, betas=(0.9, 0.999))
+
+@torch.no_grad()
+def features(module, clips, pixel=False):
+    out = []
+    module.eval()
+    for i in range(0, len(clips), 64):
+        v = to_video(clips[i:i + 64])
+        if pixel:
+            f = module.patch_embed(v).flatten(2).transpose(1, 2)
+        else:
+            f = module.forward_eval(v)
+        out.append(f.half())
+    module.train()
+    return torch.cat(out).unsqueeze(1)  # [n, 1, N, D]
+
+def probe(module, pixel=False):
+    tr = CachedFeatures(features(module, probe_train, pixel), probe_labels, [], {})
+    te = CachedFeatures(features(module, test, pixel), test_labels, [], {})
+    accs = []
+    threads = torch.get_num_threads(); torch.set_num_threads(1)
+    for s in range(a.probe_seeds):
+        r = train_probe_sweep(tr, te, ProbeArch("paper_attentive", num_heads=8), ProbeTrainConfig(epochs=a.probe_epochs, batch_size=a.probe_batch, lr=a.probe_lr, seed=s,
+                              sweep_lrs=tuple(float(x) for x in a.probe_sweep.split(",") if x)), 20)
+        accs.append([h.top1 for h in r.heads])
+    torch.set_num_threads(threads)
+    return accs
+
+def token_stats(module):
+    with torch.no_grad():
+        module.eval(); f = module.forward_eval(to_video(test[:200])).float(); module.train()
+    B, N, D = f.shape
+    flat = f.reshape(-1, D); flat = flat - flat.mean(0)
+    s = torch.linalg.svdvals(flat); pr = s / s.sum(); rank = float(torch.exp(-(pr * torch.log(pr + 1e-12)).sum()))
+    within = float(((f - f.mean(1, keepdim=True)) ** 2).mean() / ((f - f.reshape(-1, D).mean(0)) ** 2).mean())
+    return rank, within
+
+results = {"args": vars(a), "evals": []}
+def save():
+    json.dump(results, open(a.out, "w"), indent=1)
+eval_at = sorted(int(x) for x in a.eval_at.split(","))
+if a.pixel:
+    results["pixel"] = probe(encoder, pixel=True); save()
+    print("pixel", results["pixel"], flush=True)
+gen = torch.Generator().manual_seed(a.seed)
+t0 = time.time(); losses = []
+n = len(pre)
+order = torch.randperm(n, generator=gen); pos = 0
+for step in range(a.steps + 1):
+    if step in eval_at:
+        te0 = time.time()
+        ev = encoder if a.eval_online else target
+        accs = probe(ev); rank, within = token_stats(ev)
+        results["evals"].append({"step": step, "top1": accs, "rank": rank, "within": within, "train_s": time.time() - t0,
+                                 "loss": float(np.mean(losses[-20:])) if losses else None})
+        save(); print(results["evals"][-1], "eval_s", round(time.time() - te0), flush=True)
+        t0 -= 0  # train time excludes nothing; eval time reported separately
+    if step == a.steps:
+        break
+    if pos + a.batch > n:
+        order = torch.randperm(n, generator=gen); pos = 0
+    idx = order[pos:pos + a.batch].numpy(); pos += a.batch
+    clips = pre[np.sort(idx)]
+    if a.aug and torch.rand(1, generator=gen) < 0.5:
+        clips = clips[:, :, :, ::-1].copy()
+    video = to_video(clips)
+    lr = a.lr * min(1.0, (step + 1) / max(1, a.warmup))
+    for g in opt.param_groups: g["lr"] = lr
+    m = a.ema[0] + (a.ema[1] - a.ema[0]) * step / max(1, a.steps)
+    ms = masks(video.shape[0], cfg.grid, gen, video)
+    out = jepa(video, ms, step, target)
+    opt.zero_grad(set_to_none=True); out["total"].backward(); opt.step()
+    jepa.update_target(target, m)
+    losses.append(float(out["pred"].detach()))
+    if step % 100 == 0:
+        print(step, round(losses[-1], 4), round(time.time() - t0, 1), flush=True)
