@@ -167,3 +167,21 @@ def epoch_with_reference(cfg) -> list[tuple[dict, dict]]:
                 for step in range(len(loader))]
     finally:
         loader.close()
+
+
+def write_benchmark_folder(folder: Path, train_clips: int, test_clips: int) -> Path:
+    """`folder` as `shards.build` leaves a benchmark: disjoint train and test splits' shards side by side,
+    one merged index.parquet and the manifest (10-frame 24x32 fixture clips)."""
+    import shutil
+
+    scratch = folder.parent / f"{folder.name}.parts"
+    train = write_dataset(scratch / "tr", FixtureSpec("tr", train_clips, num_frames=10, height=24, width=32, split="train"))
+    test = write_dataset(scratch / "te", FixtureSpec("te", test_clips, num_frames=10, height=24, width=32, split="test"))
+    folder.mkdir(parents=True)
+    for part in (train, test):
+        for tar in part.glob("*.tar"):
+            shutil.copy(tar, folder / tar.name)
+    table = pa.concat_tables([pq.read_table(train / "index.parquet"), pq.read_table(test / "index.parquet")])
+    pq.write_table(table, folder / "index.parquet")
+    shutil.copy(train / "manifest.json", folder / "manifest.json")
+    return folder

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from data_fixtures import FixtureSpec, write_dataset
+from data_fixtures import write_benchmark_folder
 from engine.eval.benchmarks import BENCHMARKS, check_splits_disjoint
 from engine.eval.clips import encoder_forward, eval_batches
 from engine.eval.features import ExtractionSpec, extract_to_cache, load_cache, split_clips_and_views
@@ -74,18 +74,7 @@ def test_clips_and_views_layout():
 @pytest.fixture(scope="module")
 def shard_folder(tmp_path_factory):
     """A benchmark folder with disjoint train/test splits, merged as `shards.build` does."""
-    root = tmp_path_factory.mktemp("bench")
-    train = write_dataset(root / "tr", FixtureSpec("tr", 6, num_frames=10, height=24, width=32, split="train"))
-    test = write_dataset(root / "te", FixtureSpec("te", 3, num_frames=10, height=24, width=32, split="test"))
-    folder = root / "synth-diving"
-    folder.mkdir()
-    for part in (train, test):
-        for tar in part.glob("*.tar"):
-            shutil.copy(tar, folder / tar.name)
-    table = pa.concat_tables([pq.read_table(train / "index.parquet"), pq.read_table(test / "index.parquet")])
-    pq.write_table(table, folder / "index.parquet")
-    shutil.copy(train / "manifest.json", folder / "manifest.json")
-    return folder
+    return write_benchmark_folder(tmp_path_factory.mktemp("bench") / "synth-diving", train_clips=6, test_clips=3)
 
 
 def test_real_loader_extraction_is_deterministic(encoder, shard_folder, tmp_path):

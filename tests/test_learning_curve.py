@@ -8,20 +8,17 @@ import csv
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
 
-from data_fixtures import FixtureSpec, write_dataset
+from data_fixtures import write_benchmark_folder
 from engine.eval.clips import eval_batches
 from engine.eval.encoders import pixel_encoder, random_encoder
 from engine.eval.evaluate import EvalConfig
@@ -40,16 +37,7 @@ PROBE = EvalConfig(benchmarks=("synth-ucf",), probe_epochs=2, probe_batch_size=4
 def shards(tmp_path_factory):
     """<root>/synth-ucf with disjoint train (9 clips) and test (6 clips) splits, as `shards.build` merges them."""
     root = tmp_path_factory.mktemp("lc_shards")
-    train = write_dataset(root / "tr", FixtureSpec("tr", 9, num_frames=10, height=24, width=32, split="train"))
-    test = write_dataset(root / "te", FixtureSpec("te", 6, num_frames=10, height=24, width=32, split="test"))
-    folder = root / "synth-ucf"
-    folder.mkdir()
-    for part in (train, test):
-        for tar in part.glob("*.tar"):
-            shutil.copy(tar, folder / tar.name)
-    pq.write_table(pa.concat_tables([pq.read_table(train / "index.parquet"), pq.read_table(test / "index.parquet")]),
-                   folder / "index.parquet")
-    shutil.copy(train / "manifest.json", folder / "manifest.json")
+    write_benchmark_folder(root / "synth-ucf", train_clips=9, test_clips=6)
     return root
 
 
