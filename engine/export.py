@@ -62,12 +62,39 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Vision
     return encoder.eval().to(device)
 
 
+def _trainer_info(checkpoint: Path, fix: str) -> tuple[dict, dict | None]:
+    """(step, run and which encoder was trained; trainer.pt if it was read for them): trainer.json, or in a
+    checkpoint written before it existed, trainer.pt itself (read weights-only: those held plain data too)."""
+    from engine.training.checkpoint import TRAINER_JSON, TRAINER_PT, CheckpointRefused, load_weights_only
+
+    path = checkpoint / TRAINER_JSON
+    trainer = None
+    if path.is_file():
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as err:
+            raise CheckpointRefused(f"{path}: not valid JSON ({err}); fix: {fix}") from None
+    else:
+        path = checkpoint / TRAINER_PT
+        info = trainer = load_weights_only(path, fix)
+    missing = [key for key in ("trained_encoder", "step", "run") if not isinstance(info, dict) or key not in info]
+    if missing:
+        raise CheckpointRefused(f"{path}: no {', '.join(missing)}; fix: {fix}")
+    return info, trainer
+
+
 def export_checkpoint(checkpoint: str | Path, out: str | Path, recipe: str | Path | None = None) -> Path:
     """Export the trained encoder of a training checkpoint (no DeepSpeed needed: read its files).
+
+    Reads weights only, never a pickle: trainer.json, then the EMA target from trainer.pt or, for runs
+    without EMA, the module from DeepSpeed's model-states file, both with torch.load(weights_only=True). So
+    a checkpoint copied from anyone exports without running code from it; a file that needs more is refused
+    in one line naming it.
 
     The model config comes from the checkpoint's own recipe.yaml, never from the run folder's, which a later
     resume of the run rewrites. `recipe` names one for checkpoints written before they carried their own."""
     from engine.recipe import read_resolved_recipe
+    from engine.training.checkpoint import DS_TAG, TRAINER_PT, load_weights_only
 
     checkpoint = Path(checkpoint)
     recipe_path = Path(recipe) if recipe is not None else checkpoint / "recipe.yaml"
@@ -75,18 +102,21 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, recipe: str | Pat
         raise FileNotFoundError(f"{checkpoint}: no recipe.yaml in the checkpoint (written before checkpoints carried "
                                 f"their recipe); fix: pass --recipe with the recipe it was trained with, e.g. "
                                 f"{checkpoint.parent.parent / 'recipe.yaml'} if no resume changed it since")
-    trainer = torch.load(checkpoint / "trainer.pt", map_location="cpu", weights_only=False)
+    fix = ("do not use this checkpoint: the engine writes trainer.pt as plain tensors and data, so this one was "
+           "altered or not written by it (ask its author for an exported encoder.safetensors)")
+    info, trainer = _trainer_info(checkpoint, fix)
     model_cfg = read_resolved_recipe(recipe_path).model
     encoder = VisionTransformer(model_cfg)
-    if trainer["trained_encoder"] == "target_encoder":
-        state = trainer["ema_target"]
+    if info["trained_encoder"] == "target_encoder":
+        state = (trainer or load_weights_only(checkpoint / TRAINER_PT, fix))["ema_target"]
     else:
-        module = torch.load(checkpoint / "ds" / "mp_rank_00_model_states.pt", map_location="cpu",
-                            weights_only=False)["module"]
+        module = load_weights_only(checkpoint / DS_TAG / "mp_rank_00_model_states.pt",
+                                   "ask its author for an exported encoder.safetensors, or, if you trust whoever "
+                                   "wrote it, run its zero_to_fp32.py and take the encoder.* weights")["module"]
         state = {k[len("encoder."):]: v for k, v in module.items() if k.startswith("encoder.")}
     encoder.load_state_dict(state, strict=True)
-    return export_encoder(encoder, model_cfg, out, trained_encoder=trainer["trained_encoder"],
-                          step=trainer["step"], run=trainer["run"])
+    return export_encoder(encoder, model_cfg, out, trained_encoder=info["trained_encoder"],
+                          step=info["step"], run=info["run"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,10 +127,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="the resolved recipe it was trained with; only for checkpoints without their own "
                              "recipe.yaml (written before checkpoints carried one)")
     args = parser.parse_args(argv)
+    from engine.training.checkpoint import CheckpointRefused
     from engine.training.typed_yaml import ConfigError
     try:
         print(export_checkpoint(args.checkpoint, args.out, args.recipe))
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, CheckpointRefused) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -39,6 +39,9 @@ from engine.training.typed_yaml import (
     to_plain,
 )
 
+ALLOW_OUTSIDE_HELP = ("let the recipe's `base:` files lie outside its recipes tree (the nearest enclosing folder "
+                      "named recipes, else the recipe's own folder); only for recipes you trust")
+
 # Loader fields that the trainer sets (from train:, run: and the launcher); a recipe must not set them.
 TRAINER_OWNED_DATA_KEYS = {
     "batch_size": "train.micro_batch",
@@ -263,9 +266,10 @@ def validate(recipe: Recipe, origin: dict[str, str], world_size: int | None = No
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None, *, check_files: bool = True,
-                world_size: int | None = None) -> Recipe:
-    """Read, compose, type and validate a recipe; any problem is one ConfigError line."""
-    data, origin = load_yaml_tree(path)
+                world_size: int | None = None, allow_outside_base: bool = False) -> Recipe:
+    """Read, compose, type and validate a recipe; any problem is one ConfigError line. Its `base:` files
+    must lie in its recipes tree (engine.training.typed_yaml.recipes_tree) unless allow_outside_base."""
+    data, origin = load_yaml_tree(path, allow_outside_base=allow_outside_base)
     apply_overrides(data, origin, list(overrides or []))
     _expand_presets(data, origin)
     _check_data_section(data, origin)
@@ -348,12 +352,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("recipe", nargs="?", help="recipe YAML")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--describe", action="store_true", help="list every key with its type, default and doc")
+    parser.add_argument("--allow-base-outside-tree", action="store_true", help=ALLOW_OUTSIDE_HELP)
     args = parser.parse_args(argv)
     if args.describe or not args.recipe:
         print("\n".join(describe(Recipe)))
         return 0
     try:
-        recipe = load_recipe(args.recipe, args.overrides)
+        recipe = load_recipe(args.recipe, args.overrides, allow_outside_base=args.allow_base_outside_tree)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -23,7 +23,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.recipe import Recipe, dump_recipe, load_recipe, recipe_yaml, refuse_frozen_changes  # noqa: E402
+from engine.recipe import (ALLOW_OUTSIDE_HELP, Recipe, dump_recipe, load_recipe, recipe_yaml,  # noqa: E402
+                           refuse_frozen_changes)
 from engine.training.typed_yaml import ConfigError  # noqa: E402
 
 
@@ -35,6 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume", default="none",
                         help="'auto' (newest complete checkpoint of the run, or start fresh), a checkpoint "
                              "folder, or 'none' (default: start fresh; an existing run folder is an error)")
+    parser.add_argument("--allow-base-outside-tree", action="store_true", help=ALLOW_OUTSIDE_HELP)
     parser.add_argument("--local_rank", type=int, default=-1, help="set by the deepspeed launcher")
     return parser.parse_args(argv)
 
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # -- recipe: read and validated before anything heavy is imported or built ----------------------
     try:
-        recipe = load_recipe(args.recipe, args.overrides)
+        recipe = load_recipe(args.recipe, args.overrides, allow_outside_base=args.allow_base_outside_tree)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -55,13 +57,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.resume != "none":
         # Before anything is written: a resume that changes what the checkpoint's weights are shaped by is
-        # refused, and the run folder stays as it was.
-        from engine.training.checkpoint import CheckpointManager, checkpoint_recipe
+        # refused, and so is a checkpoint whose files need pickle this machine cannot vouch for; the run folder
+        # stays as it was.
+        from engine.training.checkpoint import CheckpointManager, CheckpointRefused, check_resumable, checkpoint_recipe
         try:
             checkpoint = CheckpointManager(run_dir, recipe.train.keep_last).resolve(args.resume)
             if checkpoint is not None:
+                check_resumable(checkpoint)
                 refuse_frozen_changes(recipe, checkpoint_recipe(checkpoint), args.resume)
-        except (ConfigError, FileNotFoundError) as err:
+        except (ConfigError, FileNotFoundError, CheckpointRefused) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
     return Trainer(recipe, args.resume).run()

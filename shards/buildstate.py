@@ -15,6 +15,8 @@ import os
 import shutil
 from pathlib import Path
 
+from shards.errors import LayoutError
+from shards.names import UnsafeName, check_name
 from shards.tarwriter import ClosedShard
 
 
@@ -43,6 +45,11 @@ class BuildState:
             saved = json.loads(state_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             saved = {}
+        try:  # a journal in an OUT from elsewhere: its shard names are stat'ed, then land in the manifest
+            for shard in saved.get("shards", []):
+                check_name(shard.get("name") if isinstance(shard, dict) else shard, "journal shard", state_path)
+        except UnsafeName as error:
+            raise LayoutError(str(error)) from None
         if saved.get("fingerprint") != fingerprint or not state._shards_intact(out, saved.get("shards", [])):
             shutil.rmtree(folder)
             return cls(folder, fingerprint), "restarted"

@@ -3,6 +3,9 @@
 Both files are replaced atomically (written beside, then renamed). Merging a split drops that split's
 old rows and entry and keeps every other split. Neither file holds timestamps or worker counts, so the
 same inputs and arguments give byte-identical files.
+
+An OUT that already holds files may come from anywhere: every key and shard name read from its index or
+manifest, and every one merged into them, must stay inside OUT (shards.names), else a LayoutError names it.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shards.errors import LayoutError
+from shards.names import UnsafeName, check_name, check_names
 
 FORMAT_VERSION = 1
 INDEX_NAME, MANIFEST_NAME = "index.parquet", "manifest.json"
@@ -45,9 +49,21 @@ def _replace_atomically(path: Path, write) -> None:
     os.replace(temporary, path)
 
 
+def _check_rows(keys: list, shards: list, where: Path) -> None:
+    try:
+        check_names(shards, "shard", where)
+        check_names(keys, "index key", where)
+    except UnsafeName as error:
+        raise LayoutError(str(error)) from None
+
+
 def read_index(out: Path) -> pa.Table | None:
     path = out / INDEX_NAME
-    return pq.read_table(path, schema=INDEX_SCHEMA) if path.is_file() else None
+    if not path.is_file():
+        return None
+    table = pq.read_table(path, schema=INDEX_SCHEMA)
+    _check_rows(table.column("key").to_pylist(), table.column("shard").to_pylist(), path)
+    return table
 
 
 def read_manifest(out: Path) -> dict | None:
@@ -55,9 +71,19 @@ def read_manifest(out: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise LayoutError(f"{path}: not valid JSON ({error}); delete it or build into a new --out") from None
+    splits = manifest.get("splits", {}) if isinstance(manifest, dict) else None
+    if not isinstance(splits, dict):
+        raise LayoutError(f"{path}: not a manifest of this builder (no splits mapping); build into a new --out")
+    try:
+        for split, entry in splits.items():
+            for shard in (entry or {}).get("shards", []) if isinstance(entry, dict) else []:
+                check_name(shard.get("name") if isinstance(shard, dict) else shard, f"split {split!r} shard", path)
+    except UnsafeName as error:
+        raise LayoutError(str(error)) from None
+    return manifest
 
 
 def merge_index(out: Path, split: str, rows: list[dict]) -> pa.Table:
@@ -66,6 +92,7 @@ def merge_index(out: Path, split: str, rows: list[dict]) -> pa.Table:
     existing = read_index(out)
     if existing is not None:
         kept = [row for row in existing.to_pylist() if row["split"] != split]
+    _check_rows([row["key"] for row in rows], [row["shard"] for row in rows], out / INDEX_NAME)  # e.g. a journal's
     merged = sorted(kept + rows, key=lambda row: (row["split"], row["shard"], row["media_offset"]))
     table = pa.Table.from_pylist([{name: row[name] for name in INDEX_SCHEMA.names} for row in merged],
                                  schema=INDEX_SCHEMA)

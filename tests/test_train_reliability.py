@@ -1,7 +1,8 @@
 """What a user meets around a run's files (issue 13): a refused resume leaves the run untouched, a
 checkpoint carries its own recipe and export reads it, DeepSpeed's zero_to_fp32.py works in a checkpoint as
 shipped, a `deepspeed` launcher run compiles nothing and leaves nothing in /dev/shm, and SIGINT/SIGTERM
-checkpoint and exit 130/143.
+checkpoint and exit 130/143. Issue 18: a copy of its checkpoint with a crafted file, or from another machine,
+is refused by `--resume` before anything runs or is written, and still exports without unpickling anything.
 
 One 2-step `deepspeed --num_gpus 1` run of a one-block ViT is shared by the tests that read its files.
 """
@@ -159,3 +160,60 @@ def test_signal_checkpoints_then_exits_with_the_shells_status(tiny, sig, code):
     last = int(_metrics(run_dir)[-1]["step"])
     assert 2 <= last < 1000
     assert (run_dir / "checkpoints" / f"step_{last:08d}" / "COMPLETE").is_file()
+
+
+# -- checkpoints from elsewhere (issue 18): nothing unpickled, nothing created -------------------------------
+
+class _CreatesFile:
+    """Unpickling this calls open(path, "w"): the file exists afterwards iff something unpickled it."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def _sent_copy(launched, tmp_path: Path) -> Path:
+    """The run's last checkpoint as someone would send it: copied on its own into another folder."""
+    run_dir, _, _, _ = launched
+    return Path(shutil.copytree(run_dir / "checkpoints" / "step_00000002", tmp_path / "sent" / "step_00000002"))
+
+
+@pytest.mark.parametrize("name", ["trainer.pt", "ds/mp_rank_00_model_states.pt"])
+def test_resume_refuses_a_crafted_file_and_creates_nothing(tiny, launched, tmp_path, name):
+    root, recipe = tiny
+    sent = _sent_copy(launched, tmp_path)
+    marker = tmp_path / "created-by-unpickling"
+    torch.save({"format": 2, "ema_target": _CreatesFile(marker), "module": _CreatesFile(marker)}, sent / name)
+    result = _run([sys.executable, "-m", "engine.train", "--recipe", str(recipe), "--resume", str(sent),
+                   "--set", "run.name=crafted"], timeout=300)
+    assert not marker.exists(), "the crafted file was unpickled"
+    err = result.stderr.strip()
+    assert result.returncode == 2 and err.count("\n") == 0, result.stdout[-2000:] + err[-3000:]
+    assert err.startswith(f"error: {sent / name}: "), err
+    assert not (root / "runs" / "crafted").exists()
+
+
+def test_a_checkpoint_from_another_machine_exports_without_pickle_and_resume_refuses_it(tiny, launched, tmp_path,
+                                                                                       monkeypatch):
+    from engine.export import export_checkpoint, load_encoder
+    root, recipe = tiny
+    sent = _sent_copy(launched, tmp_path)
+    result = _run([sys.executable, "-m", "engine.train", "--recipe", str(recipe), "--resume", str(sent),
+                   "--set", "run.name=elsewhere"], timeout=300, VJEPA_CHECKPOINT_KEY=str(tmp_path / "other.key"))
+    err = result.stderr.strip()
+    assert result.returncode == 2 and err.count("\n") == 0, result.stdout[-2000:] + err[-3000:]
+    assert f"{sent / 'ds.seal'}: sealed by another machine or key" in err and "--trust-legacy-pickle" in err, err
+    assert not (root / "runs" / "elsewhere").exists()
+
+    real_load = torch.load
+
+    def weights_only_load(*args, **kwargs):
+        assert kwargs.get("weights_only") is True, f"export unpickled {args[0]}"
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", weights_only_load)
+    encoder = load_encoder(export_checkpoint(sent, tmp_path / "enc.safetensors"))
+    ema = real_load(sent / "trainer.pt", weights_only=True)["ema_target"]
+    assert all(torch.equal(v, ema[k]) for k, v in encoder.state_dict().items())

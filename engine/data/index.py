@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from engine.data.config import DatasetSpec
+from shards.names import check_names
 
 INDEX_COLUMNS = ("key", "split", "shard", "media_ext", "media_offset", "media_size", "json_offset", "json_size",
                  "label", "dataset",
@@ -76,6 +77,10 @@ def load_dataset_index(spec: DatasetSpec) -> DatasetIndex:
         splits = sorted(set(columns["split"].tolist()))
         raise ValueError(f"{index_path}: no rows for split {spec.split!r} (has {splits})")
     columns = {c: v[in_split] for c, v in columns.items()}
+    # Shard names are joined to the folder here; keys name tar members and reach logs, states and caches.
+    # The loader reads members by offset, never by member name: those are checked by shards.names.verify_members.
+    check_names(columns["shard"].tolist(), "shard", index_path)
+    check_names(columns["key"].tolist(), "index key", index_path)
 
     exts = columns["media_ext"]
     unknown = sorted(set(exts.tolist()) - set(IMAGE_EXTS) - set(VIDEO_EXTS))

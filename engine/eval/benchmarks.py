@@ -152,7 +152,8 @@ def _sources(folder: Path, rows: list[dict]) -> set[str]:
 
 def _split_rows(folder: Path, benchmark: Benchmark) -> tuple[list[dict], list[dict]]:
     """The index rows of the train and the test split; a split without rows is an EvalInputError."""
-    table = pq.read_table(folder / "index.parquet", columns=["key", "split", "shard", "json_offset", "json_size"])
+    table = pq.read_table(folder / "index.parquet", columns=["key", "split", "shard", "media_ext", "media_offset",
+                                                             "media_size", "json_offset", "json_size"])
     rows = table.to_pylist()
     train = [r for r in rows if r["split"] == benchmark.train_split]
     test = [r for r in rows if r["split"] == benchmark.test_split]
@@ -188,17 +189,20 @@ class CheckedBenchmark:
 
 def check_benchmark(shards_root: str | Path, benchmark: Benchmark, decode_device: str = "auto") -> CheckedBenchmark:
     """Folder, index, manifest, disjoint splits, and what the loader checks before it decodes (every shard
-    present and whole, codecs this machine decodes): all before any work, as one-line EvalInputErrors."""
+    present and whole, codecs this machine decodes), and every tar member of both splits (a safe name, the
+    member the index row names at its offset): all before any work, as one-line EvalInputErrors."""
     from engine.data import DatasetSpec
     from engine.data.index import check_decodable, load_dataset_index
     from engine.data.loader import resolve_decode_device
+    from shards.names import verify_members
 
     folder = benchmark_folder(shards_root, benchmark)
-    _split_rows(folder, benchmark)  # a missing split first: its error carries the build command
+    train, test = _split_rows(folder, benchmark)  # a missing split first: its error carries the build command
     try:
         device = resolve_decode_device(decode_device)
         for split in (benchmark.train_split, benchmark.test_split):
             check_decodable(load_dataset_index(DatasetSpec(root=str(folder), split=split)), device)
+        verify_members(folder, train + test)
     except (FileNotFoundError, ValueError) as error:  # the loader's own one-line input errors
         raise EvalInputError(f"benchmark {benchmark.name}: {error}") from None
     split_check = check_splits_disjoint(folder, benchmark)  # reads every sample's json: shards must be whole

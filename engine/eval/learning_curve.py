@@ -206,9 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     config = EvalConfig(benchmarks=names, probe_epochs=args.probe_epochs)
     out = Path(args.out) if args.out else run_dir / "learning_curve"
     cache = Path(args.cache) if args.cache else run_dir.parent / "_features"
+    from engine.training.checkpoint import CheckpointRefused
     try:
         csv_path, png = learning_curve(run_dir, config, args.fractions, args.probe_seeds, args.shards, out, cache)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, CheckpointRefused) as err:  # a checkpoint export refused: one line, as export's
         print(f"error: {err}", file=sys.stderr)
         return 2
     with open(csv_path, newline="", encoding="utf-8") as fh:

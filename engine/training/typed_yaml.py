@@ -3,7 +3,7 @@
 Generic (knows nothing about recipes). Every error is a `ConfigError` whose message is one line naming
 the dotted key, the file it came from and the fix.
 
-    data, origin = load_yaml_tree("recipes/mixed_fwm.yaml")       # follows `base:` (str or list)
+    data, origin = load_yaml_tree("recipes/mixed_fwm.yaml")       # follows `base:` (str or list) within recipes/
     apply_overrides(data, origin, ["optim.lr=1e-3", "model.depth=4"])
     cfg = build_dataclass(Recipe, data, origin)
 
@@ -11,11 +11,16 @@ Supported field types: bool, int, float, str, Path, Literal[...], Optional[T] / 
 tuple[T, ...], tuple[T1, T2], dict[str, T], Any, and nested dataclasses. Integers are accepted where a float
 is expected; nothing else is coerced implicitly (a quoted "1e-3" is a string, `1` is not a bool).
 Values given with `--set` arrive as text and are parsed according to the field's type.
+
+Files are parsed with yaml.safe_load only (plain data; no tags that build Python objects), and a `base:`
+may not leave the tree of the file being loaded (see `recipes_tree`) unless the caller allows it: a recipe
+someone sends you cannot make the loader read, or quote in an error, a file elsewhere on your disk.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 import types
 import typing
@@ -25,6 +30,7 @@ from typing import Any, Literal, Union
 import yaml
 
 BASE_KEY = "base"
+TREE_NAME = "recipes"
 
 
 class ConfigError(ValueError):
@@ -94,12 +100,25 @@ def _copy(value: Any) -> Any:
     return value
 
 
-def load_yaml_tree(path: str | Path, _chain: tuple[Path, ...] = ()) -> tuple[dict, dict[str, str]]:
+def recipes_tree(path: str | Path) -> Path:
+    """The folder a recipe's `base:` files must stay in: the nearest enclosing folder named `recipes`
+    (recipes/demo/x.yaml -> recipes/), else the recipe's own folder (a run's or a checkpoint's recipe.yaml)."""
+    folder = Path(os.path.abspath(path)).parent
+    for candidate in (folder, *folder.parents):
+        if candidate.name == TREE_NAME:
+            return candidate
+    return folder
+
+
+def load_yaml_tree(path: str | Path, _chain: tuple[Path, ...] = (), *, allow_outside_base: bool = False,
+                   _tree: Path | None = None) -> tuple[dict, dict[str, str]]:
     """Read a YAML file and the files its `base:` names (str or list, later bases win, the file wins last).
 
+    Every base must lie in the tree of the file first asked for (`recipes_tree`) unless allow_outside_base.
     Returns (data, origin) where origin maps each dotted key to the file that set it.
     """
     path = Path(path)
+    tree = _tree if _tree is not None else recipes_tree(path)
     resolved = path.resolve()
     if resolved in _chain:
         cycle = " -> ".join(str(p) for p in (*_chain, resolved))
@@ -115,7 +134,14 @@ def load_yaml_tree(path: str | Path, _chain: tuple[Path, ...] = ()) -> tuple[dic
     data: dict = {}
     origin: dict[str, str] = {}
     for base in bases:
-        base_data, base_origin = load_yaml_tree(path.parent / base, (*_chain, resolved))
+        target = path.parent / base
+        # Lexical, as for shard paths: where the name points, not where symlinks inside the tree lead.
+        if not allow_outside_base and not Path(os.path.normpath(os.path.abspath(target))).is_relative_to(tree):
+            raise ConfigError(f"{path}: `base: {base}` lies outside the recipes tree {tree}; a recipe may only "
+                              f"build on files of its own tree; fix: copy that base into {tree}, or pass "
+                              f"--allow-base-outside-tree if you trust the recipe")
+        base_data, base_origin = load_yaml_tree(target, (*_chain, resolved), allow_outside_base=allow_outside_base,
+                                                _tree=tree)
         _merge_with_origin(data, origin, base_data, base_origin)
     _merge(data, raw, origin, str(path))
     origin[""] = str(path)  # the file that was asked for answers for keys no file set
