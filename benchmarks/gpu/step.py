@@ -52,8 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--runs", default=",".join(DEFAULT_RUNS), help="comma list of variant:kernels[:nockpt]")
     p.add_argument("--recipe-dir", default="recipes", help="recipes/ (paper scale) or recipes/demo (CPU)")
     p.add_argument("--regime", default="mixed", choices=["mixed", "ucf"], help="recipe <regime>_<variant>.yaml")
-    p.add_argument("--steps", type=int, default=8, help="measured steps per run")
-    p.add_argument("--warmup", type=int, default=3, help="steps dropped first (compilation, autotune, allocator)")
+    p.add_argument("--steps", type=int, default=15, help="measured steps per run")
+    p.add_argument("--warmup", type=int, default=4, help="steps dropped first (compilation, autotune, allocator)")
     p.add_argument("--data", default="synthetic", choices=["synthetic", "loader"])
     p.add_argument("--shards", default=None, help="--data loader: folder holding synth-ucf, synth-ssv2, synth-in")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -247,6 +247,8 @@ def run_one(run: dict, args, torch, device, deadline: float) -> dict:
 def to_markdown(report: dict) -> str:
     m = report["machine"]
     results = report["results"]
+    peak = next((r["peak_tflops"] for r in results if r.get("peak_tflops")), None)
+    peak_note = f" ({peak:.0f} TFLOP/s)" if peak else ""
     lines = [f"# Training step, in process ({m['summary']})", "",
              f"Device: {m.get('gpu') or m['device']}; torch {m['torch']}, triton {m.get('triton', '-')}. "
              f"Data: {report['data']}. {report['steps']} measured steps per run after {report['warmup']} dropped; "
@@ -256,7 +258,7 @@ def to_markdown(report: dict) -> str:
              "AMP bf16 (fp32 weights, bf16 autocast) stands in for DeepSpeed's bf16 engine; no collapse-alarm "
              "measurements. MFU = model FLOPs of the step (encoder, EMA target, predictor; x3 for backward; "
              "recomputation of checkpointed activations not counted) / step time / the device's dense bf16 "
-             f"peak{' (' + format(report['results'][0]['peak_tflops'], '.0f') + ' TFLOP/s)' if results and results[0].get('peak_tflops') else ''}"
+             f"peak{peak_note}"
              + (f"; 'MFU vs matmul' divides by the {report['matmul_tflops']:.0f} TFLOP/s a large bf16 matmul "
                 f"reached here." if report.get("matmul_tflops") else "."),
              "", "| variant | kernels | act. ckpt | step (s) | clips/s | tokens/s | TFLOP/s | MFU | MFU vs matmul | "
@@ -315,7 +317,9 @@ def main(argv=None) -> int:
               "results": [], "notes": []}
     if args.append and stem.with_suffix(".json").exists():
         old = json.loads(stem.with_suffix(".json").read_text())
-        report["results"] = [r for r in old.get("results", []) if "step_s" in r]
+        # Keep what was measured and what failed (a run that broke the CUDA context must not run again);
+        # runs skipped for time get their chance.
+        report["results"] = [r for r in old.get("results", []) if r.get("status") != "skipped"]
         report["notes"] = old.get("notes", [])
     done = {r["id"] for r in report["results"]}
     for run in runs:

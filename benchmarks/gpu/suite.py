@@ -106,6 +106,8 @@ class Context:
     shards: Path | None = None
     log: object = None
     timeout: float = 0.0            # of the stage being built (the step stage stops measuring before it)
+    site: str | None = None         # installed wheels (WORK/site): on the path of info and the data stages only
+    status: dict = field(default_factory=dict)   # stage -> status in this run
 
     @property
     def results(self) -> Path:
@@ -123,7 +125,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 epilog="\n".join(__doc__.splitlines()[1:]))
     p.add_argument("out", type=Path, help="output folder (results under OUT/benchmarks/results)")
     p.add_argument("--dry-run", action="store_true", help="CPU: build every command, run the CPU parts on tiny shapes")
-    p.add_argument("--stages", default="all", help="comma list of stages or groups (core, data, all)")
+    p.add_argument("--stages", default="all", help="comma list of stages or groups (core, data, all); info always runs")
     p.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="seconds for the whole run (default 450)")
     p.add_argument("--name", default="suite", help="stem of this run's summary files (default suite)")
     p.add_argument("--work", type=Path, default=wheels.DEFAULT_WORK,
@@ -150,6 +152,7 @@ def selected(spec: str) -> list[str]:
         else:
             raise SystemExit(f"--stages: unknown stage or group {item!r}; stages: {', '.join(s.name for s in STAGES)}; "
                              f"groups: {', '.join(GROUPS)}, all")
+    names.append("info")                                 # every run starts with it: the device names the files
     return [s.name for s in STAGES if s.name in names]      # always in the suite's order
 
 
@@ -254,10 +257,16 @@ def driver_lib_dirs() -> list[str]:
     return dirs
 
 
-def run_stage(argv: list[str], timeout: float, ctx: Context) -> tuple[int, float, str]:
+def stage_env(stage: str, ctx: Context) -> dict:
+    """The core stages run on the image alone (nothing carried can shadow what torch imports); info and
+    the data stages see the installed wheels too."""
+    return child_env(ctx, ctx.site if stage == "info" or stage in GROUPS["data"] else None)
+
+
+def run_stage(argv: list[str], timeout: float, ctx: Context, env: dict | None = None) -> tuple[int, float, str]:
     """Run argv in its own process group, output to the log and stdout; kill the group at the timeout."""
     start = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=REPO, env=ctx.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(argv, cwd=REPO, env=env or ctx.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, errors="replace", bufsize=1, start_new_session=True)
     tail: list[str] = []
 
@@ -300,6 +309,8 @@ def missing_needs(stage: Stage, ctx: Context) -> list[str]:
             have = bool(ctx.info.get("gpu"))
         elif name == "shards":
             have = ctx.shards is not None and all((ctx.shards / p / "index.parquet").is_file() for p in wheels.SHARD_PARTS)
+        elif negate and name == "deepspeed" and name in ctx.status:
+            have = ctx.status[name] == "ok"                 # the DeepSpeed loop ran here: its fallback is not needed
         else:
             have = not str(packages.get(name, "absent")).startswith("absent")
         if have == negate:
@@ -440,6 +451,15 @@ def bundle_overflow(ctx: Context, name: str, max_files: int | None) -> None:
     print(f"bundled {len(extra)} files into {bundle} (at most {max_files} files come back)", flush=True)
 
 
+def flush(ctx: Context, name: str, record: dict) -> None:
+    """The summary and the log, as they stand, into OUT."""
+    record["wall_s"] = time.monotonic() - ctx.start
+    ctx.log.flush()
+    ctx.results.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ctx.work / f"{name}.log", ctx.results / f"{name}-{ctx.slug}.log")
+    write_report(ctx, name, record)
+
+
 # ------------------------------------------------------------------------------------------ main
 def main(argv=None) -> int:
     args = parse_args(argv)
@@ -466,12 +486,12 @@ def main(argv=None) -> int:
         if status.get("groups") and any(v == "installed" for v in status["groups"].values()):
             site = status["site"]
     ctx.shards = args.shards or next((p for p in (ctx.work / "data" / "shards-gpu-mini",) if p.is_dir()), None)
+    ctx.site = site
     ctx.env = child_env(ctx, site)
     names = selected(args.stages)
     state = load_state(ctx)
     explicit = args.stages != "all"
     ctx.log = open(ctx.work / f"{args.name}.log", "w", encoding="utf-8")
-    log_name = f"{args.name}-{{slug}}.log"
 
     for stage in STAGES:
         if stage.name not in names:
@@ -511,10 +531,12 @@ def main(argv=None) -> int:
         header = f"\n==== [{stage.name}] {stage.what} (timeout {timeout:.0f} s)\n$ {' '.join(argv)}\n"
         ctx.log.write(header)
         print(header, end="", flush=True)
-        rc, seconds, tail = run_stage(argv, timeout, ctx)
+        env = stage_env(stage.name, ctx)
+        rc, seconds, tail = run_stage(argv, timeout, ctx, env)
         if stage.name == "step" and rc == 3 and ctx.left() - REPORT_RESERVE_S > 30:
             # The CUDA context broke in one run: the rest continue in a fresh process.
-            rc, more, tail = run_stage(argv + ["--append"], min(stage.cap_s - seconds, ctx.left() - REPORT_RESERVE_S), ctx)
+            rc, more, tail = run_stage(argv + ["--append"], min(stage.cap_s - seconds, ctx.left() - REPORT_RESERVE_S),
+                                       ctx, env)
             seconds += more
         entry.update(status="ok" if rc == 0 else ("timeout" if rc == 124 else f"failed (rc {rc})"), seconds=seconds, rc=rc)
         if stage.name == "info":
@@ -527,15 +549,13 @@ def main(argv=None) -> int:
             ctx.env = child_env(ctx, site)
         else:
             entry["summary"] = summarise_stage(stage.name, ctx, tail)
-        state["stages"][stage.name] = entry["status"]
+        state["stages"][stage.name] = ctx.status[stage.name] = entry["status"]
         save_state(ctx, state)
+        flush(ctx, args.name, record)              # a run stopped from outside keeps every finished stage
     if not ctx.info:
         ctx.slug = "dryrun" if ctx.dry_run else gpu_slug(smi_gpu_name())
-    record["wall_s"] = time.monotonic() - ctx.start
+    flush(ctx, args.name, record)
     ctx.log.close()
-    ctx.results.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(ctx.work / f"{args.name}.log", ctx.results / log_name.format(slug=ctx.slug))
-    write_report(ctx, args.name, record)
     max_files = args.max_files
     if max_files is None and os.environ.get("OUT") and Path(os.environ["OUT"]).resolve() == out:
         max_files = 8

@@ -415,24 +415,33 @@ def install(work: Path) -> dict:
     return status
 
 
+FIRST_CALL = 'bash benchmarks/gpu/run.sh "$OUT"'
+STASH_CALL = 'bash benchmarks/gpu/run.sh "$OUT" --stash-only'
+LAST_CALL = 'bash benchmarks/gpu/run.sh "$OUT" --name suite-data --stages info,data'
+
+
 def plan(parts_dir: Path) -> str:
-    """The device calls: each carries the manifest and one part; the first and the last run the suite."""
+    """The device calls, in order: each carries the manifest and one part. The first runs the core stages
+    (they need no wheels), the optional parts come before the last required one, whose call installs
+    everything and runs the data stages."""
     manifest = load_manifest(parts_dir)
     rel = parts_dir.relative_to(REPO) if parts_dir.is_relative_to(REPO) else parts_dir
-    required = sorted({p for g in manifest["groups"].values() if g["required"] for p in g["parts"]},
-                      key=lambda n: int(n.split("-")[1].split(".")[0]))
-    lines = [f"{len(manifest['parts'])} parts; the required groups ({', '.join(n for n, g in manifest['groups'].items() if g['required'])}) "
-             f"need {', '.join(required)}."]
-    for i, p in enumerate(manifest["parts"], 1):
-        if p["name"] not in required:
-            what = "optional: bash benchmarks/gpu/run.sh \"$OUT\" --stash-only"
-        elif i == 1:
-            what = "bash benchmarks/gpu/run.sh \"$OUT\"   (core stages: info, step, kernels, pytest)"
-        elif p["name"] == required[-1]:
-            what = "bash benchmarks/gpu/run.sh \"$OUT\" --name suite-data   (installs, then the loader stages)"
-        else:
-            what = "bash benchmarks/gpu/run.sh \"$OUT\" --stash-only"
-        lines.append(f"call {i}: carry [\"{rel}/MANIFEST.json\", \"{rel}/{p['name']}\"]  ->  {what}")
+    names = [p["name"] for p in manifest["parts"]]
+    required = [n for n in names if any(n in g["parts"] for g in manifest["groups"].values() if g["required"])]
+    optional = [n for n in names if n not in required]
+    order = [(required[0], FIRST_CALL + "   # core stages: info, step, kernels, pytest (about 6.5 min)")]
+    order += [(n, STASH_CALL) for n in required[1:-1]]
+    order += [(n, STASH_CALL + "   # optional: " + ", ".join(
+        f["name"].split("-")[0] for f in manifest["files"] if n in [p["name"] for p in file_parts(manifest, f)]
+        and f["group"] == "extra") + " (pytest_data needs PyAV)") for n in optional]
+    if len(required) > 1:
+        order.append((required[-1], LAST_CALL + "   # installs, then loader, deepspeed, pytest_data (about 4 min)"))
+    lines = [f"{len(names)} parts of at most {manifest['part_bytes'] / 2**20:.0f} MiB; the required groups "
+             f"({', '.join(n for n, g in manifest['groups'].items() if g['required'])}) are in {', '.join(required)}. "
+             f"Issue each call within 30 s of the last one's answer (the machine stays warm that long; the stash "
+             f"lives in /tmp/vjepa-gpu on it)."]
+    for i, (name, what) in enumerate(order, 1):
+        lines.append(f"call {i}: carry [\"{rel}/MANIFEST.json\", \"{rel}/{name}\"]  ->  {what}")
     return "\n".join(lines)
 
 
