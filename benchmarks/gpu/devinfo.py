@@ -161,6 +161,8 @@ def collect(args) -> dict:
             "libcuda": shared_library("libcuda.so.1")}
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+    if not cuda:
+        torch.set_num_threads(1)                          # CPU: a tiny matmul, no thread barriers
     if cuda:
         props = torch.cuda.get_device_properties(device)
         info.update(gpu=torch.cuda.get_device_name(device), capability=f"{props.major}.{props.minor}",

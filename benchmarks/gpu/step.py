@@ -221,7 +221,8 @@ def run_one(run: dict, args, torch, device, deadline: float) -> dict:
     if not rows:
         raise RuntimeError("no step was measured (deadline before the first measured step)")
     wall = statistics.median(x["wall"] for x in rows)
-    flops = statistics.median(x["flops"] for x in rows)
+    flops = statistics.median(x["flops"] for x in rows)                  # varies a little with the mask sizes
+    rate = statistics.median(x["flops"] / x["wall"] for x in rows)       # FLOP/s per step, as the trainer logs it
     clips = r.train.global_batch / wall
     result = {
         **run, "recipe": str(recipe_path), "precision": precision, "micro_batch": r.train.micro_batch,
@@ -229,9 +230,9 @@ def run_one(run: dict, args, torch, device, deadline: float) -> dict:
         "act_ckpt_effective": bool(r.parallel.activation_checkpointing and run["act_ckpt"]),
         "measured_steps": len(rows), "warmup_steps": args.warmup, "step_s": wall, "step_s_min": min(x["wall"] for x in rows),
         "clips_per_s": clips, "tokens_per_s": clips * r.model.num_tokens, "flops_per_step": flops,
-        "tflops_per_s": flops / wall / 1e12, "mfu": None if peak is None else flops / wall / peak,
+        "tflops_per_s": rate / 1e12, "mfu": None if peak is None else rate / peak,
         "peak_tflops": None if peak is None else peak / 1e12,
-        "mfu_vs_measured_matmul": (flops / wall / 1e12 / args.matmul_tflops) if args.matmul_tflops else None,
+        "mfu_vs_measured_matmul": (rate / 1e12 / args.matmul_tflops) if args.matmul_tflops else None,
         "data_stall": statistics.median(x["data"] / x["wall"] for x in rows),
         "loss_first": losses[0], "loss_last": losses[-1], "nonfinite_losses": nonfinite,
         "run_wall_s": time.perf_counter() - started,
@@ -254,9 +255,10 @@ def to_markdown(report: dict) -> str:
              f"Data: {report['data']}. {report['steps']} measured steps per run after {report['warmup']} dropped; "
              f"medians per step. Recipes `{report['recipe_dir']}/{report['regime']}_<variant>.yaml`"
              + (f" with {' '.join('--set ' + o for o in report['overrides'])}" if report["overrides"] else "") + ".",
-             "One step = global batch over micro-batches with gradient accumulation, as the trainer runs it; torch "
-             "AMP bf16 (fp32 weights, bf16 autocast) stands in for DeepSpeed's bf16 engine; no collapse-alarm "
-             "measurements. MFU = model FLOPs of the step (encoder, EMA target, predictor; x3 for backward; "
+             "One step = global batch over micro-batches with gradient accumulation, as the trainer runs it; "
+             + ("torch AMP bf16 (fp32 weights, bf16 autocast) stands in for DeepSpeed's bf16 engine"
+                if any(r.get("precision") == "bf16" for r in results) else "fp32 (no GPU)")
+             + "; no collapse-alarm measurements. MFU = model FLOPs of the step (encoder, EMA target, predictor; x3 for backward; "
              "recomputation of checkpointed activations not counted) / step time / the device's dense bf16 "
              f"peak{peak_note}"
              + (f"; 'MFU vs matmul' divides by the {report['matmul_tflops']:.0f} TFLOP/s a large bf16 matmul "
@@ -309,7 +311,7 @@ def main(argv=None) -> int:
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cpu":
-        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+        torch.set_num_threads(1)                 # tiny CPU shapes: threads only add barrier waits
     stem = args.out
     report = {"machine": machine(torch, device), "label": args.label, "data": args.data, "shards": args.shards,
               "recipe_dir": args.recipe_dir, "regime": args.regime, "overrides": args.overrides,

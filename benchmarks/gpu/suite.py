@@ -324,7 +324,8 @@ def summarise_stage(name: str, ctx: Context, tail: str) -> dict:
         if name == "info":
             return {}
         if name in ("pytest", "pytest_data"):
-            found = re.findall(r"=+ (.*? in [\d.]+s.*?) =+", tail) or re.findall(r"^(\d+ (?:passed|failed).*)$", tail, re.M)
+            found = (re.findall(r"=+ (\d+ \w+.*? in [\d.]+s.*?) =+", tail)
+                     or re.findall(r"^(\d+ \w+.* in [\d.]+s.*|no tests ran.*)$", tail, re.M))
             return {"pytest": found[-1] if found else tail.strip().splitlines()[-1:]}
         if name in ("step", "step_loader"):
             stem = "train_step" if name == "step" else "train_step-loader"
