@@ -22,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 
@@ -34,7 +33,6 @@ from engine.data import DatasetSpec, LoaderConfig, VideoLoader  # noqa: E402
 from engine.data.index import read_member  # noqa: E402
 from engine.data.pipeline import SampleSource, build_pipeline, remove_autograph_sources  # noqa: E402
 from engine.data.sampler import ClipSampler  # noqa: E402
-from engine.data.reference import reference_sample  # noqa: E402
 
 PAPER_MIX = (("synth-ucf", 0.2), ("synth-ssv2", 0.6), ("synth-in", 0.2))
 
@@ -111,6 +109,8 @@ class RawFileClips(torch.utils.data.Dataset):
 
     @staticmethod
     def _source_of(index, row, raw_root: Path):
+        import av  # only (b) reads the raw files: a GPU run with --no-reference needs no PyAV
+
         meta_row = json.loads(read_member(index.shard_paths[index.shard_id[row]], int(index.json_offset[row]),
                                           int(index.json_size[row])))
         path = raw_root / meta_row["source"]
@@ -122,6 +122,8 @@ class RawFileClips(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> torch.Tensor:
+        from engine.data.reference import reference_sample
+
         source, is_image, frames, roi_start, roi_end = self.items[i]
         return reference_sample(self.cfg, source, is_image, frames, roi_start, roi_end, dali_colour=False)
 
@@ -291,13 +293,17 @@ def add_loader_arguments(parser: argparse.ArgumentParser, batches: int, rounds: 
     parser.add_argument("--seed", type=int, default=0)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_loader_arguments(parser, batches=20, rounds=3)
     parser.add_argument("--device", default="cpu", choices=["cpu", "mixed", "both"])
     parser.add_argument("--no-reference", action="store_true", help="skip (b)")
     parser.add_argument("--out", default=None, help="result stem (default benchmarks/results/loader-<device>)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
 
     devices = ["mixed", "cpu"] if args.device == "both" else [args.device]
     report = {"machine": machine_label(), "batch_size": args.batch_size, "frames": args.frames, "crop": args.crop,

@@ -65,7 +65,9 @@ def run_backend(recipe: str, backend: str, steps: int, overrides: list[str], wor
            "--set", "train.progress_bar=false", "--set", f"parallel.kernels={backend}", "--set", "train.log_every=1"]
     for item in overrides:
         cmd += ["--set", item]
-    env = dict(os.environ, DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"))
+    env = dict(os.environ)
+    if not _has_cuda():
+        env.setdefault("DS_ACCELERATOR", "cpu")   # on a GPU DeepSpeed must pick its CUDA accelerator
     if backend == "triton":
         env.setdefault("TRITON_INTERPRET", "0" if _has_cuda() else "1")
     start = time.perf_counter()
@@ -106,8 +108,9 @@ def to_markdown(report: dict) -> str:
              f"{report['steps']} steps per backend, the first {report['warmup']} dropped, medians per step.",
              f"Model: {report['model']}. Tokens per clip: {report['tokens_per_clip']}. Global batch: {report['global_batch']}.",
              f"Machine: {report['machine'].get('cpu', '?')}, torch {report['machine']['torch']}; load average at "
-             f"start {report['machine'].get('load_average_at_start')} (the machine was shared with other jobs "
-             f"when this ran, so absolute figures are pessimistic).",
+             f"start {report['machine'].get('load_average_at_start')}"
+             + (f", GPU {report['machine']['gpu']}." if report["machine"].get("gpu") else
+                " (the machine was shared with other jobs when this ran, so absolute figures are pessimistic)."),
              "", "| kernels | step (s) | clips/s | tokens/s | data | masks | compute (fwd+bwd) | optimizer | EMA | "
                  "data stall | achieved TFLOP/s | MFU |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for backend, s in report["results"].items():
@@ -132,7 +135,7 @@ def rewrite_markdown(json_path: str | Path) -> None:
     json_path.with_suffix(".md").write_text(to_markdown(json.loads(json_path.read_text())))
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default=None, help="default: demo mixed_combo on CPU, paper mixed_combo with --paper")
     parser.add_argument("--paper", action="store_true", help="ViT-B/16 at 16x224^2, batch 32 (needs a GPU)")
@@ -144,7 +147,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="steps of the `triton` backend on CPU (Triton interpreter)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", default=None, help="results path stem (default benchmarks/results/train_step-<cpu|gpu>)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     cuda = _has_cuda()
     if args.paper and not cuda:

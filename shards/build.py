@@ -98,8 +98,9 @@ def make_parser() -> argparse.ArgumentParser:
                           help="ucf101: which official train/test split (default 1)")
     specific.add_argument("--class-list", type=Path, metavar="FILE",
                           help="imagenet100: class list file, if not found under RAW")
-    specific.add_argument("--scale", choices=["demo", "gpu", "test"], default="demo",
-                          help="synth: suite size: demo (CPU minutes), gpu (large), test (tiny) (default demo)")
+    specific.add_argument("--scale", choices=["demo", "gpu", "gpu-mini", "test"], default="demo",
+                          help="synth: suite size: demo (CPU minutes), gpu (large), gpu-mini (a sliver of gpu "
+                               "that travels to an offline GPU machine), test (tiny) (default demo)")
     specific.add_argument("--seed", type=int, default=0, help="synth: generator seed (default 0)")
     return parser
 

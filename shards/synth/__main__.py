@@ -20,7 +20,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="folder that receives synth-ucf/, synth-ssv2/, synth-in/, synth-diving/")
     parser.add_argument("--scale", default="demo", choices=sorted(SCALES),
                         help="demo (default): 64 px, 32 frames, ~5.6k files, about 1 min of CPU on 2 cores; gpu: "
-                             "224 px, 48-64 frames, ~100k files, for a many-core machine; test: tiny, for tests")
+                             "224 px, 48-64 frames, ~100k files, for a many-core machine; gpu-mini: gpu frame size, ~200 files; "
+                             "test: tiny, for tests")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0); the same seed gives byte-identical files")
     parser.add_argument("--parts", nargs="+", choices=PART_NAMES, default=None, metavar="PART",
                         help=f"subset of parts to write (default: all of {', '.join(PART_NAMES)})")

@@ -109,6 +109,19 @@ GPU = SuiteScale(
     noise_std=6.0,
 )
 
+# A sliver of the gpu scale for the GPU check (benchmarks/gpu): the gpu scale's frame size with 32 frames
+# (a 16-frame clip at frame step 2 needs 31), a few classes and samples, about 12 MB of shards, so that it
+# travels to an offline GPU machine beside the wheels. The 64 px demo shards cannot stand in: NVDEC decodes
+# VP9 only from 128x128 up (DALI: "Video is too small in at least one dimension").
+GPU_MINI = SuiteScale(
+    name="gpu-mini",
+    ucf=UcfScale(width=288, height=224, frames=32, groups=22, clips_per_group=1, class_limit=2),
+    ssv2=VideoScale(width=288, height=224, frames=32, train_per_class=4, test_per_class=1, class_limit=4),
+    imagenet=ImageScale(width=224, height=224, train_per_class=4, test_per_class=1, class_limit=8),
+    diving=VideoScale(width=288, height=224, frames=32, train_per_class=1, test_per_class=1, class_limit=2),
+    noise_std=6.0,
+)
+
 # For the test suite only: tiny frames, few classes, one or two samples per class.
 TEST = SuiteScale(
     name="test",
@@ -119,7 +132,7 @@ TEST = SuiteScale(
     noise_std=6.0,
 )
 
-SCALES: dict[str, SuiteScale] = {s.name: s for s in (DEMO, GPU, TEST)}
+SCALES: dict[str, SuiteScale] = {s.name: s for s in (DEMO, GPU, GPU_MINI, TEST)}
 
 
 def resolve_scale(scale: str | SuiteScale) -> SuiteScale:
