@@ -38,6 +38,7 @@ p.add_argument("--ctx", type=float, default=0.0)  # context loss weight (0 = off
 p.add_argument("--variant", default="baseline")
 p.add_argument("--pix", type=float, default=0.0)
 p.add_argument("--eval-online", action="store_true")
+p.add_argument("--supervised", action="store_true", help="upper reference: train the encoder with labels (linear head on mean-pooled tokens, cross-entropy) instead of JEPA")
 p.add_argument("--probe-sweep", type=str, default="")
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--eval-at", type=str, default="0,600")
@@ -74,6 +75,10 @@ from engine.objectives.base import Variant, Term
 variant = a.variant if a.pix <= 0 else Variant("pix", (Term("pixel_target", a.pix),))
 jepa = JEPA(encoder, predictor, variant, JEPAConfig(context_loss=ContextLossConfig(weight_distance=True, lambda_value=a.ctx, lambda_start=0, lambda_end=1)))
 target = make_ema_target(encoder)
+head = torch.nn.Linear(cfg.embed_dim, 20)
+if a.supervised:  # the encoder trained with labels; probed like every other encoder (online weights)
+    jepa = torch.nn.ModuleDict({"encoder": encoder, "head": head})
+    a.eval_online = True
 decay, no_decay = [], []
 for n_, p_ in jepa.named_parameters():
     (no_decay if p_.ndim < 2 else decay).append(p_)
@@ -146,6 +151,12 @@ for step in range(a.steps + 1):
     lr = a.lr * min(1.0, (step + 1) / max(1, a.warmup))
     for g in opt.param_groups: g["lr"] = lr
     m = a.ema[0] + (a.ema[1] - a.ema[0]) * step / max(1, a.steps)
+    if a.supervised:
+        labels = torch.from_numpy(d["pre_labels"][np.sort(idx)])
+        loss = torch.nn.functional.cross_entropy(head(encoder.forward_eval(video).mean(1)), labels)
+        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        losses.append(float(loss.detach()))
+        continue
     ms = masks(video.shape[0], cfg.grid, gen, video)
     out = jepa(video, ms, step, target)
     opt.zero_grad(set_to_none=True); out["total"].backward(); opt.step()
