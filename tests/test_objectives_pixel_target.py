@@ -18,7 +18,6 @@ def test_tubelet_pixels_follow_the_encoders_token_order():
     expected = video[1, :, 2 * t:2 * t + 2, 8 * h:8 * h + 8, 8 * w:8 * w + 8].reshape(-1)
     assert torch.equal(pixels[1, n], expected)
     # the same order as the encoder: a patch embedding whose weights pick one pixel sees that pixel per token
-    cfg = model_preset("tiny", img_size=16, num_frames=4, patch_size=8, tubelet_size=2)
     embed = torch.nn.Conv3d(3, 1, kernel_size=(2, 8, 8), stride=(2, 8, 8), bias=False)
     with torch.no_grad():
         embed.weight.zero_()
@@ -26,7 +25,6 @@ def test_tubelet_pixels_follow_the_encoders_token_order():
     picked = embed(video).flatten(2).transpose(1, 2)[..., 0]  # [B, N]
     index = (1 * 2 + 1) * 64 + 3 * 8 + 5
     assert torch.allclose(picked, pixels[..., index])
-    del cfg
 
 
 def test_pixel_target_trains_encoder_predictor_and_head_not_the_target():
