@@ -38,6 +38,8 @@ p.add_argument("--ctx", type=float, default=0.0)  # context loss weight (0 = off
 p.add_argument("--variant", default="baseline")
 p.add_argument("--pix", type=float, default=0.0)
 p.add_argument("--eval-online", action="store_true")
+p.add_argument("--supervised-labels", choices=("class", "motion", "digit"), default="class",
+               help="what --supervised trains on: the 20 classes, the motion family alone or the digit alone")
 p.add_argument("--supervised", action="store_true", help="upper reference: train the encoder with labels (linear head on mean-pooled tokens, cross-entropy) instead of JEPA")
 p.add_argument("--probe-sweep", type=str, default="")
 p.add_argument("--seed", type=int, default=0)
@@ -75,7 +77,8 @@ from engine.objectives.base import Variant, Term
 variant = a.variant if a.pix <= 0 else Variant("pix", (Term("pixel_target", a.pix),))
 jepa = JEPA(encoder, predictor, variant, JEPAConfig(context_loss=ContextLossConfig(weight_distance=True, lambda_value=a.ctx, lambda_start=0, lambda_end=1)))
 target = make_ema_target(encoder)
-head = torch.nn.Linear(cfg.embed_dim, 20)
+LABEL_OF = {"class": lambda y: y, "motion": lambda y: y % 2, "digit": lambda y: y // 2}  # y = digit * 2 + motion
+head = torch.nn.Linear(cfg.embed_dim, {"class": 20, "motion": 2, "digit": 10}[a.supervised_labels])
 if a.supervised:  # the encoder trained with labels; probed like every other encoder (online weights)
     jepa = torch.nn.ModuleDict({"encoder": encoder, "head": head})
     a.eval_online = True
@@ -152,10 +155,12 @@ for step in range(a.steps + 1):
     for g in opt.param_groups: g["lr"] = lr
     m = a.ema[0] + (a.ema[1] - a.ema[0]) * step / max(1, a.steps)
     if a.supervised:
-        labels = torch.from_numpy(d["pre_labels"][np.sort(idx)])
+        labels = LABEL_OF[a.supervised_labels](torch.from_numpy(d["pre_labels"][np.sort(idx)]))
         loss = torch.nn.functional.cross_entropy(head(encoder.forward_eval(video).mean(1)), labels)
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         losses.append(float(loss.detach()))
+        if step % 100 == 0:
+            print(step, round(losses[-1], 4), round(time.time() - t0, 1), flush=True)
         continue
     ms = masks(video.shape[0], cfg.grid, gen, video)
     out = jepa(video, ms, step, target)
