@@ -106,3 +106,19 @@ def test_a_missing_split_and_a_missing_shard_are_found_before_any_work(export, s
     code, err = run(capsys, export, "--shards", broken, "--benchmarks", "synth-diving")
     line = one_line(err)
     assert code == 2 and "has no rows of split 'test'" in line and "shards.build synth" in line
+
+
+def test_learning_curve_input_errors_are_one_line(tmp_path, capsys):
+    """A run whose benchmark shards are missing: one line naming the folder, exit 2, before any probing."""
+    from engine.eval import learning_curve
+    from engine.recipe import load_recipe, recipe_yaml
+
+    run_dir = tmp_path / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    recipe = load_recipe("recipes/demo/ucf_baseline.yaml", check_files=False)
+    (run_dir / "recipe.yaml").write_text(recipe_yaml(recipe))
+    code = learning_curve.main([str(run_dir), "--benchmarks", "synth-ucf", "--shards", str(tmp_path / "none"),
+                                "--fractions", "0", "--probe-seeds", "1"])
+    err = capsys.readouterr().err  # the progress bar may have started; the error is its own last line
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("error: ") and "synth-ucf/index.parquet: missing" in err

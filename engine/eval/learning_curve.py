@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from .benchmarks import resolve_benchmarks
 from .encoders import EncoderSource
+from .errors import EvalInputError
 from .evaluate import BatchSource, EvalConfig, limit_cpu_threads
 from .probe_seeds import PIXEL_BASELINE, RANDOM_INIT, evaluate_probe_seeds, format_interval, reference_sources
 from .stats import MeanInterval
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.training.checkpoint import CheckpointRefused
     try:
         csv_path, png = learning_curve(run_dir, config, args.fractions, args.probe_seeds, args.shards, out, cache)
-    except (FileNotFoundError, CheckpointRefused) as err:  # a checkpoint export refused: one line, as export's
+    except (FileNotFoundError, CheckpointRefused, EvalInputError) as err:  # the user's input: one line
         print(f"error: {err}", file=sys.stderr)
         return 2
     with open(csv_path, newline="", encoding="utf-8") as fh:
