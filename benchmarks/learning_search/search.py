@@ -40,6 +40,8 @@ p.add_argument("--pix", type=float, default=0.0)
 p.add_argument("--eval-online", action="store_true")
 p.add_argument("--supervised-labels", choices=("class", "motion", "digit"), default="class",
                help="what --supervised trains on: the 20 classes, the motion family alone or the digit alone")
+p.add_argument("--supervised-head", choices=("mean_linear", "attentive"), default="mean_linear",
+               help="--supervised head: a Linear on mean-pooled tokens, or the benchmark's attentive probe on all tokens")
 p.add_argument("--supervised", action="store_true", help="upper reference: train the encoder with labels (linear head on mean-pooled tokens, cross-entropy) instead of JEPA")
 p.add_argument("--probe-sweep", type=str, default="")
 p.add_argument("--seed", type=int, default=0)
@@ -78,7 +80,19 @@ variant = a.variant if a.pix <= 0 else Variant("pix", (Term("pixel_target", a.pi
 jepa = JEPA(encoder, predictor, variant, JEPAConfig(context_loss=ContextLossConfig(weight_distance=True, lambda_value=a.ctx, lambda_start=0, lambda_end=1)))
 target = make_ema_target(encoder)
 LABEL_OF = {"class": lambda y: y, "motion": lambda y: y % 2, "digit": lambda y: y // 2}  # y = digit * 2 + motion
-head = torch.nn.Linear(cfg.embed_dim, {"class": 20, "motion": 2, "digit": 10}[a.supervised_labels])
+num_labels = {"class": 20, "motion": 2, "digit": 10}[a.supervised_labels]
+if a.supervised_head == "attentive":
+    from engine.eval.probes import build_probe
+    head = build_probe(ProbeArch("paper_attentive", num_heads=8), cfg.embed_dim, num_labels)  # [B, N, D] -> logits
+else:
+    class MeanLinear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(cfg.embed_dim, num_labels)
+
+        def forward(self, tokens):  # [B, N, D] -> logits [B, num_labels]
+            return self.linear(tokens.mean(1))
+    head = MeanLinear()
 if a.supervised:  # the encoder trained with labels; probed like every other encoder (online weights)
     jepa = torch.nn.ModuleDict({"encoder": encoder, "head": head})
     a.eval_online = True
@@ -156,7 +170,7 @@ for step in range(a.steps + 1):
     m = a.ema[0] + (a.ema[1] - a.ema[0]) * step / max(1, a.steps)
     if a.supervised:
         labels = LABEL_OF[a.supervised_labels](torch.from_numpy(d["pre_labels"][np.sort(idx)]))
-        loss = torch.nn.functional.cross_entropy(head(encoder.forward_eval(video).mean(1)), labels)
+        loss = torch.nn.functional.cross_entropy(head(encoder.forward_eval(video)), labels)
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         losses.append(float(loss.detach()))
         if step % 100 == 0:
