@@ -169,14 +169,16 @@ def epoch_with_reference(cfg) -> list[tuple[dict, dict]]:
         loader.close()
 
 
-def write_benchmark_folder(folder: Path, train_clips: int, test_clips: int) -> Path:
+def write_benchmark_folder(folder: Path, train_clips: int, test_clips: int, num_frames: int = 10,
+                           height: int = 24, width: int = 32) -> Path:
     """`folder` as `shards.build` leaves a benchmark: disjoint train and test splits' shards side by side,
-    one merged index.parquet and the manifest (10-frame 24x32 fixture clips)."""
+    one merged index.parquet and the manifest."""
     import shutil
 
     scratch = folder.parent / f"{folder.name}.parts"
-    train = write_dataset(scratch / "tr", FixtureSpec("tr", train_clips, num_frames=10, height=24, width=32, split="train"))
-    test = write_dataset(scratch / "te", FixtureSpec("te", test_clips, num_frames=10, height=24, width=32, split="test"))
+    geometry = dict(num_frames=num_frames, height=height, width=width)
+    train = write_dataset(scratch / "tr", FixtureSpec("tr", train_clips, split="train", **geometry))
+    test = write_dataset(scratch / "te", FixtureSpec("te", test_clips, split="test", **geometry))
     folder.mkdir(parents=True)
     for part in (train, test):
         for tar in part.glob("*.tar"):

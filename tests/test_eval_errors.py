@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import engine.eval.evaluate as evaluate
-from data_fixtures import FixtureSpec, write_dataset
+from data_fixtures import write_benchmark_folder
 from engine.export import export_encoder
 from engine.models import VisionTransformer, model_preset
 
@@ -24,16 +24,7 @@ def export(tmp_path_factory):
 def shards_root(tmp_path_factory):
     """A shards root holding only synth-diving (train and test merged as `shards.build` does)."""
     root = tmp_path_factory.mktemp("shards")
-    parts = [write_dataset(root / "_parts" / split, FixtureSpec(split, 3, num_frames=8, height=16, width=16,
-                                                                split=split)) for split in ("train", "test")]
-    folder = root / "synth-diving"
-    folder.mkdir()
-    for part in parts:
-        for tar in part.glob("*.tar"):
-            shutil.copy(tar, folder / tar.name)
-    index = pa.concat_tables([pq.read_table(part / "index.parquet") for part in parts])
-    pq.write_table(index, folder / "index.parquet")
-    shutil.copy(parts[0] / "manifest.json", folder / "manifest.json")
+    write_benchmark_folder(root / "synth-diving", 3, 3, num_frames=8, height=16, width=16)
     return root
 
 

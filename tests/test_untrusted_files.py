@@ -253,24 +253,15 @@ def test_conversion_never_unpickles_a_file_that_was_written_pickle_free(written,
 @pytest.fixture(scope="module")
 def shard_set(tmp_path_factory) -> Path:
     """synth-diving with a train and a test split (one shard each), as `shards.build` merges them."""
-    from data_fixtures import FixtureSpec, write_dataset
+    from data_fixtures import write_benchmark_folder
 
     root = tmp_path_factory.mktemp("shards")
-    parts = [write_dataset(root / "_parts" / split, FixtureSpec(split, 2, num_frames=8, height=16, width=16,
-                                                                split=split)) for split in ("train", "test")]
-    folder = root / "synth-diving"
-    folder.mkdir()
-    for part in parts:
-        for tar in part.glob("*.tar"):
-            shutil.copy(tar, folder / tar.name)
-    pq.write_table(pa.concat_tables([pq.read_table(part / "index.parquet") for part in parts]),
-                   folder / "index.parquet")
-    shutil.copy(parts[0] / "manifest.json", folder / "manifest.json")
+    write_benchmark_folder(root / "synth-diving", 2, 2, num_frames=8, height=16, width=16)
     return root
 
 
 def _copy_shards(shard_set: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(shard_set, tmp_path / "shards", ignore=shutil.ignore_patterns("_parts")))
+    return Path(shutil.copytree(shard_set, tmp_path / "shards", ignore=shutil.ignore_patterns("*.parts")))
 
 
 def _rewrite_index(folder: Path, **column_values) -> None:
