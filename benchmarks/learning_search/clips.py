@@ -17,10 +17,13 @@ from shards.synth import assets, draw, scenes
 
 MOTIONS = ("slide", "spin")
 
-def render_clip(rng, digit_index, motion, frames=8, size=64, train=True, sprite_px=(26, 34)):
-    """[T, H, W, 3] uint8: one digit sprite sliding in a uniform direction or spinning in place."""
+def render_clip(rng, digit_index, motion, frames=8, size=64, train=True, sprite_px=(26, 34), plain=False):
+    """[T, H, W, 3] uint8: one digit sprite sliding in a uniform direction or spinning in place, on a graded
+    photo crop, or with `plain` on a flat grey (the audit's easier moving digits, a calibration)."""
     tiles = assets.split_tile_indices(train)
     bg = scenes.render_background(rng, int(rng.choice(tiles)), size, size, scenes.random_scene(rng))
+    if plain:
+        bg = np.full_like(bg, 128.0)
     backdrop = draw.to_image(bg)
     px = int(rng.integers(*sprite_px))
     alpha = assets.digit_alpha(digit_index, px)
@@ -45,14 +48,14 @@ def render_clip(rng, digit_index, motion, frames=8, size=64, train=True, sprite_
         out.append(np.asarray(frame))
     return draw.with_noise(np.stack(out), rng, 6.0)  # [T, H, W, 3] uint8
 
-def make_split(n, seed, train, frames=8, size=64):
+def make_split(n, seed, train, frames=8, size=64, plain=False):
     """n clips with labels digit * 2 + motion, digit and motion uniform."""
     rng = np.random.default_rng(seed)
     clips = np.empty((n, frames, size, size, 3), np.uint8); labels = np.empty(n, np.int64)
     for i in range(n):
         digit = int(rng.integers(10)); motion = int(rng.integers(2))
         idx = assets.split_digit_indices(train, digit)
-        clips[i] = render_clip(rng, int(rng.choice(idx)), MOTIONS[motion], frames, size, train)
+        clips[i] = render_clip(rng, int(rng.choice(idx)), MOTIONS[motion], frames, size, train, plain=plain)
         labels[i] = digit * 2 + motion
     return clips, labels
 
@@ -61,10 +64,11 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="data/learning_search/clips.npz")
     parser.add_argument("--pretrain", type=int, default=4000, help="pretraining clips (the probe trains on the first 1,000)")
     parser.add_argument("--test", type=int, default=1000, help="held-out test clips")
+    parser.add_argument("--plain", action="store_true", help="flat grey backgrounds (a calibration: the audit's easier digits)")
     args = parser.parse_args(argv)
     started = time.time()
-    pretrain, pretrain_labels = make_split(args.pretrain, 1, True)
-    test, test_labels = make_split(args.test, 2, False)
+    pretrain, pretrain_labels = make_split(args.pretrain, 1, True, plain=args.plain)
+    test, test_labels = make_split(args.test, 2, False, plain=args.plain)
     from pathlib import Path
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     np.savez(args.out, pre=pretrain, pre_labels=pretrain_labels, test=test, test_labels=test_labels)
