@@ -20,6 +20,7 @@ from engine.objectives.jepa_loss import ContextLossConfig
 from engine.eval.features import CachedFeatures
 from engine.eval.probes import ProbeArch
 from engine.eval.probe_train import ProbeTrainConfig, train_probe_sweep
+from engine.training.collapse import collapse_metrics
 
 p = argparse.ArgumentParser()
 p.add_argument("--data", default="data/learning_search/clips.npz")
@@ -128,13 +129,11 @@ def probe(module, pixel=False):
     return accs
 
 def token_stats(module):
+    """(rank, within-clip share) of 200 test clips' eval tokens, as the collapse alarm computes them."""
     with torch.no_grad():
-        module.eval(); f = module.forward_eval(to_video(test[:200])).float(); module.train()
-    B, N, D = f.shape
-    flat = f.reshape(-1, D); flat = flat - flat.mean(0)
-    s = torch.linalg.svdvals(flat); pr = s / s.sum(); rank = float(torch.exp(-(pr * torch.log(pr + 1e-12)).sum()))
-    within = float(((f - f.mean(1, keepdim=True)) ** 2).mean() / ((f - f.reshape(-1, D).mean(0)) ** 2).mean())
-    return rank, within
+        module.eval(); f = module.forward_eval(to_video(test[:200])); module.train()
+    stats = collapse_metrics(f)
+    return stats["collapse.rank"], stats["collapse.within_share"]
 
 results = {"args": vars(a), "evals": []}
 def save():
@@ -155,7 +154,6 @@ for step in range(a.steps + 1):
         results["evals"].append({"step": step, "top1": accs, "rank": rank, "within": within, "train_s": time.time() - t0,
                                  "loss": float(np.mean(losses[-20:])) if losses else None})
         save(); print(results["evals"][-1], "eval_s", round(time.time() - te0), flush=True)
-        t0 -= 0  # train time excludes nothing; eval time reported separately
     if step == a.steps:
         break
     if pos + a.batch > n:
