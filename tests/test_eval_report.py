@@ -70,3 +70,16 @@ def test_report_numbers_and_files(tmp_path):
     assert "abc123" in text and "test machine" in text
     for png in ("delta_ucf.png", "tradeoff.png"):
         assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_report_leads_with_trained_against_both_references(tmp_path):
+    rows = _rows()
+    for seed in range(3):  # pixel baseline 20, 21, 22: the better reference (random init is 10, 11, 12)
+        rows.append(_row("pixel_baseline", "", seed, "synth-ucf", "paper_attentive", 20.0 + seed, "question", kind="pixel"))
+    write_csv(rows, tmp_path / "results.csv")
+    text = write_report(read_csv(tmp_path / "results.csv"), {"seeds": [0, 1, 2]}, tmp_path).read_text()
+    learning = text[text.index("## Does pretraining learn here?"):text.index("## The answer")]
+    # baseline, UCF-only: 50, 52, 47 -> mean 49.67, sd sqrt(6.3333), half width 4.302653 * sd / sqrt(3) = 6.2515.
+    assert "| baseline | UCF-101 only (synth: synth-ucf only) | 49.67 [43.42, 55.92] | 3 | +28.67 |" in learning
+    assert "| random init (same architecture, untrained) | — | 11.00 [8.52, 13.48] | 3 | — |" in learning
+    assert "| pixel baseline (patch embedding, no blocks) | — | 21.00 [18.52, 23.48] | 3 | — |" in learning

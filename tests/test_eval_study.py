@@ -63,11 +63,18 @@ def test_resumed_study_trains_only_what_is_missing(config):
     assert trainer.calls[8:] == ["demo_mixed_hw_s1"]
 
     rows = read_csv(config.out / "results.csv")
-    assert len(rows) == 8 + 2  # every run plus one random-init reference per seed
+    assert len(rows) == 8 + 2 + 2  # every run plus one random-init and one pixel-baseline reference per seed
     assert {r["encoder"] for r in rows if r["kind"] == "random"} == {"demo_random_init_s0", "demo_random_init_s1"}
+    assert {r["encoder"] for r in rows if r["kind"] == "pixel"} == {"demo_pixel_baseline_s0", "demo_pixel_baseline_s1"}
     assert (config.out / "recipes" / "demo_ucf_hw_s1.yaml").exists()
-    assert len((config.out / "heads.csv").read_text().splitlines()) == 1 + 10  # header + one head per encoder
-    assert "demo_mixed_hw_s1" in report.read_text()
+    assert len((config.out / "heads.csv").read_text().splitlines()) == 1 + 12  # header + one head per encoder
+    text = report.read_text()
+    assert "demo_mixed_hw_s1" in text
+    # The report leads with trained vs the two references, then the mixed vs UCF-only answer.
+    learning, answer = text.index("## Does pretraining learn here?"), text.index("## The answer")
+    assert learning < answer
+    assert "| random init (same architecture, untrained) |" in text[learning:answer]
+    assert "| pixel baseline (patch embedding, no blocks) |" in text[learning:answer]
 
 
 def test_missing_recipe_is_an_error_naming_the_file(tmp_path):
@@ -94,7 +101,7 @@ def test_a_failing_run_is_reported_and_the_rest_go_on(config):
     report = run_study(config, train_fn=flaky, evaluate_fn=fake_evaluate)
     assert len(trainer.calls) == 7
     rows = read_csv(config.out / "results.csv")
-    assert "demo_ucf_hw_s0" not in {r["encoder"] for r in rows} and len(rows) == 7 + 2
+    assert "demo_ucf_hw_s0" not in {r["encoder"] for r in rows} and len(rows) == 7 + 2 + 2
     assert "demo_ucf_hw_s0: RuntimeError: training demo_ucf_hw_s0 failed" in report.read_text()
     run_study(config, train_fn=trainer, evaluate_fn=fake_evaluate)  # the rerun retries only the failed run
     assert trainer.calls[7:] == ["demo_ucf_hw_s0"]

@@ -1,7 +1,7 @@
 """In-memory clips for the learning search, of synth-ucf v4's design (docs/synth.md): label = digit (10) x
 motion family (slide / spin), every appearance draw (scene, photo crop, colour, size, position) independent
 of the class. Pretraining and the probe's training clips use the train pools of digit images and photo
-tiles (shards.synth.assets), test clips the held-out pools. Rendered here as 8 consecutive 64 px frames,
+tiles (shards.synth.assets), validation and test clips the held-out pools (different draws). Rendered here as 8 consecutive 64 px frames,
 so a search step reads arrays instead of decoding shards.
 
     python -m benchmarks.learning_search.clips --out data/learning_search/clips.npz
@@ -16,6 +16,25 @@ import numpy as np
 from shards.synth import assets, draw, scenes
 
 MOTIONS = ("slide", "spin")
+
+def render_audit_clip(rng, digit_index, frames=8, size=64):
+    """[T, H, W, 3] uint8, the audit's easier moving digits (../shared/docs/learning-audit.md section 2, as
+    described there): a 20 px white digit sliding in a straight line on a flat grey with pixel noise, no
+    rotation, no colour; a calibration of the search loop against the audit's supervised check."""
+    px = 20
+    sprite = draw.sprite_from(assets.digit_alpha(digit_index, px), draw.solid_fill(np.array([255.0, 255.0, 255.0]), px))
+    backdrop = draw.to_image(np.full((size, size, 3), 100.0))
+    theta = rng.uniform(0, 2 * np.pi); speed = rng.uniform(1.5, 3.0)
+    vx, vy = np.cos(theta) * speed, np.sin(theta) * speed
+    cx, cy = rng.uniform(0.3, 0.7, 2) * size
+    cx -= vx * (frames - 1) / 2; cy -= vy * (frames - 1) / 2
+    out = []
+    for t in range(frames):
+        frame = backdrop.copy()
+        draw.place(frame, sprite, cx + vx * t, cy + vy * t, px)
+        out.append(np.asarray(frame))
+    return draw.with_noise(np.stack(out), rng, 10.0)  # [T, H, W, 3] uint8
+
 
 def render_clip(rng, digit_index, motion, frames=8, size=64, train=True, sprite_px=(26, 34), plain=False):
     """[T, H, W, 3] uint8: one digit sprite sliding in a uniform direction or spinning in place, on a graded
@@ -48,14 +67,17 @@ def render_clip(rng, digit_index, motion, frames=8, size=64, train=True, sprite_
         out.append(np.asarray(frame))
     return draw.with_noise(np.stack(out), rng, 6.0)  # [T, H, W, 3] uint8
 
-def make_split(n, seed, train, frames=8, size=64, plain=False):
-    """n clips with labels digit * 2 + motion, digit and motion uniform."""
+def make_split(n, seed, train, frames=8, size=64, plain=False, audit=False):
+    """n clips with labels digit * 2 + motion, digit and motion uniform (`audit`: every clip slides, motion 0)."""
     rng = np.random.default_rng(seed)
     clips = np.empty((n, frames, size, size, 3), np.uint8); labels = np.empty(n, np.int64)
     for i in range(n):
-        digit = int(rng.integers(10)); motion = int(rng.integers(2))
+        digit = int(rng.integers(10)); motion = 0 if audit else int(rng.integers(2))
         idx = assets.split_digit_indices(train, digit)
-        clips[i] = render_clip(rng, int(rng.choice(idx)), MOTIONS[motion], frames, size, train, plain=plain)
+        if audit:
+            clips[i] = render_audit_clip(rng, int(rng.choice(idx)), frames, size)
+        else:
+            clips[i] = render_clip(rng, int(rng.choice(idx)), MOTIONS[motion], frames, size, train, plain=plain)
         labels[i] = digit * 2 + motion
     return clips, labels
 
@@ -63,16 +85,22 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="data/learning_search/clips.npz")
     parser.add_argument("--pretrain", type=int, default=4000, help="pretraining clips (the probe trains on the first 1,000)")
-    parser.add_argument("--test", type=int, default=1000, help="held-out test clips")
+    parser.add_argument("--val", type=int, default=1000, help="held-out validation clips: settings are chosen on these")
+    parser.add_argument("--test", type=int, default=1000, help="held-out test clips: reported once, for the chosen setting")
     parser.add_argument("--plain", action="store_true", help="flat grey backgrounds (a calibration: the audit's easier digits)")
+    parser.add_argument("--audit", action="store_true",
+                        help="the audit's moving digits: 20 px white digits sliding on flat grey, label = digit (a calibration)")
     args = parser.parse_args(argv)
     started = time.time()
-    pretrain, pretrain_labels = make_split(args.pretrain, 1, True, plain=args.plain)
-    test, test_labels = make_split(args.test, 2, False, plain=args.plain)
+    pretrain, pretrain_labels = make_split(args.pretrain, 1, True, plain=args.plain, audit=args.audit)
+    val, val_labels = make_split(args.val, 3, False, plain=args.plain, audit=args.audit)
+    test, test_labels = make_split(args.test, 2, False, plain=args.plain, audit=args.audit)
     from pathlib import Path
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    np.savez(args.out, pre=pretrain, pre_labels=pretrain_labels, test=test, test_labels=test_labels)
-    print(f"{args.out}: {len(pretrain)} pretraining and {len(test)} test clips in {time.time() - started:.0f} s")
+    np.savez(args.out, pre=pretrain, pre_labels=pretrain_labels, val=val, val_labels=val_labels, test=test,
+             test_labels=test_labels)
+    print(f"{args.out}: {len(pretrain)} pretraining, {len(val)} validation and {len(test)} test clips in "
+          f"{time.time() - started:.0f} s")
 
 
 if __name__ == "__main__":

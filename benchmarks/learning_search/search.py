@@ -38,6 +38,13 @@ p.add_argument("--levels", type=str, default="")  # out_layers e.g. "3" or "1,3"
 p.add_argument("--ctx", type=float, default=0.0)  # context loss weight (0 = off)
 p.add_argument("--variant", default="baseline")
 p.add_argument("--pix", type=float, default=0.0)
+p.add_argument("--latent-weight", type=float, default=1.0,
+               help="weight of the latent prediction loss; 0 with --pix > 0 trains on the pixel target alone (MAE-like)")
+p.add_argument("--eval-split", choices=("val", "test"), default="val",
+               help="held-out clips the probe is scored on: settings are chosen on val, test is reported once")
+p.add_argument("--eval-every-min", type=float, default=0.0,
+               help="also probe every this many minutes of training (a learning curve in wall time); 0 = only --eval-at")
+p.add_argument("--max-minutes", type=float, default=0.0, help="stop (after a final probe) at this much training time; 0 = no limit")
 p.add_argument("--eval-online", action="store_true")
 p.add_argument("--supervised-labels", choices=("class", "motion", "digit"), default="class",
                help="what --supervised trains on: the 20 classes, the motion family alone or the digit alone")
@@ -64,7 +71,9 @@ MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1, 1); STD = torch.tens
 def to_video(u8):  # [B, T, H, W, 3] uint8 -> [B, 3, T, H, W]
     x = torch.from_numpy(u8).permute(0, 4, 1, 2, 3).float() / 255.0
     return (x - MEAN) / STD
-pre, test, test_labels = d["pre"], d["test"], torch.from_numpy(d["test_labels"])
+if a.eval_split == "val" and "val" not in d:
+    raise SystemExit(f"{a.data} has no validation split: render it again with python -m benchmarks.learning_search.clips")
+pre, test, test_labels = d["pre"], d[a.eval_split], torch.from_numpy(d[f"{a.eval_split}_labels"])
 probe_train, probe_labels = pre[:a.probe_n], torch.from_numpy(d["pre_labels"][:a.probe_n])
 levels = tuple(int(x) for x in a.levels.split(",")) if a.levels else None
 cfg = model_preset("tiny", img_size=64, num_frames=pre.shape[1], patch_size=a.patch, tubelet_size=2, pos_embed="rope",
@@ -146,16 +155,21 @@ gen = torch.Generator().manual_seed(a.seed)
 t0 = time.time(); losses = []
 n = len(pre)
 order = torch.randperm(n, generator=gen); pos = 0
+train_s, next_wall_eval = 0.0, a.eval_every_min * 60 if a.eval_every_min > 0 else float("inf")
 for step in range(a.steps + 1):
-    if step in eval_at:
+    out_of_time = a.max_minutes > 0 and train_s >= a.max_minutes * 60
+    if step in eval_at or train_s >= next_wall_eval or step == a.steps or out_of_time:
+        while train_s >= next_wall_eval:
+            next_wall_eval += a.eval_every_min * 60
         te0 = time.time()
         ev = encoder if a.eval_online else target
         accs = probe(ev); rank, within = token_stats(ev)
-        results["evals"].append({"step": step, "top1": accs, "rank": rank, "within": within, "train_s": time.time() - t0,
+        results["evals"].append({"step": step, "top1": accs, "rank": rank, "within": within, "train_s": train_s,
                                  "loss": float(np.mean(losses[-20:])) if losses else None})
         save(); print(results["evals"][-1], "eval_s", round(time.time() - te0), flush=True)
-    if step == a.steps:
+    if step == a.steps or out_of_time:
         break
+    step_started = time.time()
     if pos + a.batch > n:
         order = torch.randperm(n, generator=gen); pos = 0
     idx = order[pos:pos + a.batch].numpy(); pos += a.batch
@@ -171,13 +185,16 @@ for step in range(a.steps + 1):
         loss = torch.nn.functional.cross_entropy(head(encoder.forward_eval(video)), labels)
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         losses.append(float(loss.detach()))
+        train_s += time.time() - step_started
         if step % 100 == 0:
-            print(step, round(losses[-1], 4), round(time.time() - t0, 1), flush=True)
+            print(step, round(losses[-1], 4), round(train_s, 1), flush=True)
         continue
     ms = masks(video.shape[0], cfg.grid, gen, video)
     out = jepa(video, ms, step, target)
-    opt.zero_grad(set_to_none=True); out["total"].backward(); opt.step()
+    total = out["total"] - (1.0 - a.latent_weight) * out["pred"]
+    opt.zero_grad(set_to_none=True); total.backward(); opt.step()
     jepa.update_target(target, m)
-    losses.append(float(out["pred"].detach()))
+    losses.append(float(out["pred"].detach()) if a.latent_weight > 0 else float(out["pixel_target"].detach()))
+    train_s += time.time() - step_started
     if step % 100 == 0:
-        print(step, round(losses[-1], 4), round(time.time() - t0, 1), flush=True)
+        print(step, round(losses[-1], 4), round(train_s, 1), flush=True)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from .benchmarks import BENCHMARKS
 from .plots import plot_regime_deltas, plot_tradeoff
-from .results import (RANDOM_VARIANT, baseline_deltas, mean_std_text, question_benchmark, regime_deltas,
-                      variants_in_order)
+from .results import (PIXEL_VARIANT, RANDOM_VARIANT, REFERENCE_VARIANTS, baseline_deltas, mean_std_text,
+                      question_benchmark, regime_deltas, variants_in_order)
 from .runs import REGIMES
-from .stats import INTERVAL_METHOD, PairedDelta, t_quantile
+from .stats import INTERVAL_METHOD, PairedDelta, mean_interval, t_quantile
 
 
 def _num(value: float, digits: int = 2, signed: bool = False) -> str:
@@ -37,6 +37,54 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.2f} h"
 
 
+REFERENCE_LABELS = {RANDOM_VARIANT: "random init (same architecture, untrained)",
+                    PIXEL_VARIANT: "pixel baseline (patch embedding, no blocks)"}
+
+
+def _interval_cell(values: list[float]) -> str:
+    summary = mean_interval(values)
+    if not values:
+        return "—"
+    if math.isnan(summary.low):
+        return f"{summary.mean:.2f} (one seed)"
+    return f"{summary.mean:.2f} [{summary.low:.2f}, {summary.high:.2f}]"
+
+
+def _learning_section(rows: list[dict]) -> list[str]:
+    """Trained encoders against the two references on the question benchmark: does pretraining learn here
+    at all? Without a clear gain over both references the mixed vs UCF-only answer below means nothing."""
+    benchmark, probe = question_benchmark(rows)
+    on_question = [r for r in rows if r["benchmark"] == benchmark and r["probe"] == probe]
+    lines = [f"## Does pretraining learn here? Trained encoders vs the references on {benchmark} ({probe} probe)", "",
+             "Mean top-1 over seeds with its 95% t-interval (n−1 dof); a reference is evaluated once per seed with "
+             "the architecture of the runs. Gap = trained mean − the better reference's mean.", "",
+             "| encoder | regime | top-1, mean [95% interval] | seeds | gap to the better reference |",
+             "|---|---|---|---|---|"]
+    reference_means = {}
+    for variant in REFERENCE_VARIANTS:
+        values = [r["top1"] for r in on_question if r["variant"] == variant]
+        if values:
+            reference_means[variant] = mean_interval(values).mean
+    best_reference = max(reference_means.values()) if reference_means else float("nan")
+    for variant in variants_in_order(rows):
+        for regime in ("ucf", "mixed"):
+            values = [r["top1"] for r in on_question if r["variant"] == variant and r["regime"] == regime]
+            if values:
+                gap = mean_interval(values).mean - best_reference
+                lines.append(f"| {variant} | {REGIMES[regime]} | {_interval_cell(values)} | {len(values)} | "
+                             f"{_num(gap, signed=True)} |")
+    for variant in REFERENCE_VARIANTS:
+        values = [r["top1"] for r in on_question if r["variant"] == variant]
+        if values:
+            lines.append(f"| {REFERENCE_LABELS[variant]} | — | {_interval_cell(values)} | {len(values)} | — |")
+    if not reference_means:
+        lines.append("")
+        lines.append("No reference was evaluated (--no-random-init and --no-pixel-baseline): nothing shows whether "
+                     "pretraining learned.")
+    lines.append("")
+    return lines
+
+
 def _question_section(rows: list[dict]) -> list[str]:
     benchmark, probe = question_benchmark(rows)
     random_values = [r["top1"] for r in rows if r["variant"] == RANDOM_VARIANT and r["benchmark"] == benchmark
@@ -50,6 +98,11 @@ def _question_section(rows: list[dict]) -> list[str]:
                      f"| {_num(d.delta.mean, signed=True)} | {interval_text(d.delta)} | {d.delta.num_pairs} | {verdict(d.delta)} |")
     if random_values:
         lines.append(f"| random init (reference) | {mean_std_text(random_values)} | — | — | — | {len(random_values)} | untrained encoder |")
+    pixel_values = [r["top1"] for r in rows if r["variant"] == PIXEL_VARIANT and r["benchmark"] == benchmark
+                    and r["probe"] == probe]
+    if pixel_values:
+        lines.append(f"| pixel baseline (reference) | {mean_std_text(pixel_values)} | — | — | — | {len(pixel_values)} | "
+                     "patch embedding, no blocks |")
     chance = next((r["chance"] for r in rows if r["benchmark"] == benchmark), float("nan"))
     lines += ["", f"Chance on {benchmark}: {_num(chance)}%. Per-seed values are in results.csv.", ""]
     for regime in ("ucf", "mixed"):
@@ -69,7 +122,7 @@ def _benchmarks_section(rows: list[dict]) -> list[str]:
     header = " | ".join(f"{b} ({p})" for b, p in columns)
     lines = ["## Every benchmark (protocol head top-1, mean ± sd over seeds)", "",
              f"| variant | regime | {header} |", "|---|---|" + "---|" * len(columns)]
-    groups = [(v, g) for v in variants_in_order(rows) for g in ("ucf", "mixed")] + [(RANDOM_VARIANT, "")]
+    groups = [(v, g) for v in variants_in_order(rows) for g in ("ucf", "mixed")] + [(v, "") for v in REFERENCE_VARIANTS]
     for variant, regime in groups:
         cells = []
         for benchmark, probe in columns:
@@ -157,6 +210,7 @@ def write_report(rows: list[dict], record: dict, out: Path) -> Path:
              f"{_hours(walls.get('train', 0.0))} for {record.get('runs_trained_now', 0)} runs, evaluation "
              f"{_hours(walls.get('eval', 0.0))}); {_hours(walls.get('all_invocations', walls.get('total', 0.0)))} over "
              f"{record.get('invocations', 1)} invocation(s); {len(record.get('runs', []))} runs, seeds {record.get('seeds')}", ""]
+    lines += _learning_section(rows)
     lines += _question_section(rows)
     lines += [f"![Δ per variant]({delta_png.name})", "", f"![appearance vs motion]({tradeoff_png.name})", ""]
     lines += _benchmarks_section(rows)

@@ -18,6 +18,8 @@ COLUMNS = ("encoder", "kind", "variant", "regime", "seed", "benchmark", "mirrors
            "top1", "top5", "best_top1", "best_top5", "best_lr", "best_wd", "heads", "epochs", "num_train",
            "num_test", "num_classes", "chance", "trained_encoder")
 RANDOM_VARIANT = "random_init"
+PIXEL_VARIANT = "pixel_baseline"  # the architecture's patch embedding and norm, no blocks (engine.eval.pixel_baseline)
+REFERENCE_VARIANTS = (RANDOM_VARIANT, PIXEL_VARIANT)
 
 
 @dataclass(frozen=True)
@@ -25,9 +27,9 @@ class EncoderInfo:
     """What the study knows about an evaluated encoder."""
 
     name: str
-    kind: str  # "trained" or "random"
-    variant: str  # objective variant, or "random_init"
-    regime: str  # "ucf", "mixed", or "" for the random-init reference
+    kind: str  # "trained", "random" or "pixel"
+    variant: str  # objective variant, or one of REFERENCE_VARIANTS
+    regime: str  # "ucf", "mixed", or "" for the references
     seed: int
 
 

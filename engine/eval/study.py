@@ -30,11 +30,11 @@ import torch
 from tqdm import tqdm
 
 from .benchmarks import resolve_benchmarks
-from .encoders import EncoderSource, export_model_config, random_encoder, run_encoder
+from .encoders import EncoderSource, export_model_config, pixel_encoder, random_encoder, run_encoder
 from .errors import EvalInputError
 from .evaluate import EvalConfig, evaluate_encoder, limit_cpu_threads
 from .report import write_report
-from .results import HEAD_COLUMNS, RANDOM_VARIANT, EncoderInfo, head_rows_from_evaluation, rows_from_evaluation, write_csv
+from .results import HEAD_COLUMNS, PIXEL_VARIANT, RANDOM_VARIANT, EncoderInfo, head_rows_from_evaluation, rows_from_evaluation, write_csv
 from .runs import RunPlan, TrainFn, plan_runs, train_missing, train_with_entry_point
 
 # V-JEPA 2's SSv2 sweep (anchors §1.8): 5 lrs x 4 wds, trained in one loop.
@@ -85,7 +85,8 @@ class StudyConfig:
     recipes_dir: Path | None = None  # None: the scale's
     train_overrides: tuple[str, ...] = ()  # --set key=value for every training run
     evaluation: EvalConfig = field(default_factory=EvalConfig)  # probe protocol shared by every encoder
-    random_init: bool = True  # evaluate a random-init encoder per seed as the reference row
+    random_init: bool = True  # evaluate a random-init encoder per seed as a reference row
+    pixel_baseline: bool = True  # evaluate the pixel baseline (patch embedding, no blocks) per seed as a reference row
     command: str = ""  # the command line, for the report
 
     @property
@@ -164,6 +165,11 @@ def run_study(config: StudyConfig, train_fn: TrainFn | None = None, evaluate_fn:
         for seed in config.seeds:
             name = f"{config.prefix}_random_init_s{seed}"
             encoders.append((EncoderInfo(name, "random", RANDOM_VARIANT, "", seed), random_encoder(name, model_config, seed)))
+    if config.pixel_baseline and finished:
+        model_config = export_model_config(finished[0].export_path)
+        for seed in config.seeds:
+            name = f"{config.prefix}_pixel_baseline_s{seed}"
+            encoders.append((EncoderInfo(name, "pixel", PIXEL_VARIANT, "", seed), pixel_encoder(name, model_config, seed)))
     rows: list[dict] = []
     head_rows: list[dict] = []
     benchmarks: dict[str, dict] = {}
@@ -235,6 +241,7 @@ def parse_args(argv: list[str] | None) -> StudyConfig:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="recipe override for every training run (repeatable)")
     parser.add_argument("--no-random-init", action="store_true", help="skip the random-init reference row")
+    parser.add_argument("--no-pixel-baseline", action="store_true", help="skip the pixel-baseline reference row")
     args = parser.parse_args(argv)
     defaults = SCALES[args.scale]
     benchmarks = tuple(b.name for b in resolve_benchmarks(args.benchmarks or defaults.benchmarks))
@@ -252,6 +259,7 @@ def parse_args(argv: list[str] | None) -> StudyConfig:
         cache_dir=Path(args.cache), shards_root=Path(args.shards),
         recipes_dir=Path(args.recipes) if args.recipes else None, train_overrides=tuple(args.overrides),
         evaluation=evaluation, random_init=not args.no_random_init,
+        pixel_baseline=not args.no_pixel_baseline,
         command="python -m engine.eval.study " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])))
 
 
