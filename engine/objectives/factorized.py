@@ -7,14 +7,15 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from engine.fields import between, field_doc
 from engine.objectives.base import MaskView, MaskViewTerm, StepInputs, split_dims
 from engine.objectives.grid import masked_mean
 
 
 @dataclass(frozen=True)
 class FactorizedParams:
-    app_ratio: float = 0.5
-    """Fraction of the feature dims that form Z_app (the appearance subspace)."""
+    app_ratio: float = field_doc(0.5, "Fraction of the feature dims that form Z_app (the appearance subspace).",
+                                 valid=between(0.0, 1.0, low_open=True, high_open=True))
 
 
 def static_loss(app: Tensor, pairs: Tensor) -> Tensor:

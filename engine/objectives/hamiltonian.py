@@ -8,15 +8,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from engine.fields import above, at_least, field_doc
 from engine.objectives.base import MaskView, MaskViewTerm, StepInputs
 
 
 @dataclass(frozen=True)
 class HamiltonianParams:
-    dt: float = 0.1
-    """Integration step of the symplectic Euler update."""
-    hidden_dim: int = 256
-    """Width of the two hidden layers of the energy network."""
+    dt: float = field_doc(0.1, "Integration step of the symplectic Euler update.", valid=above(0))
+    hidden_dim: int = field_doc(256, "Width of the two hidden layers of the energy network.", valid=at_least(1))
 
 
 class EnergyNet(nn.Module):
@@ -50,8 +49,8 @@ class HamiltonianTerm(MaskViewTerm):
 
     Params = HamiltonianParams
 
-    def __init__(self, params: HamiltonianParams, feat_dim: int, paper_compat: bool = False):
-        super().__init__(params, feat_dim, paper_compat)
+    def __init__(self, params: HamiltonianParams, feat_dim: int):
+        super().__init__(params, feat_dim)
         if feat_dim % 2:
             raise ValueError(f"term 'hamiltonian' needs an even feature width, got {feat_dim}")
         self.half = feat_dim // 2
