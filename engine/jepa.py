@@ -114,6 +114,23 @@ class JEPA(nn.Module):
         self.trained_encoder = trained_encoder_key(self.disable_ema, self.paper_compat)
         self._kept_targets: Tensor | None = None
 
+    def no_weight_decay(self) -> set[str]:
+        """Names of the trainable parameters that take no weight decay: biases, norm scales, position and
+        mask tokens (every parameter of one dimension or fewer, and the predictor's mask tokens)."""
+        return {name for name, param in self.named_parameters()
+                if param.requires_grad and (param.ndim <= 1 or name.endswith("mask_tokens"))}
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW's two groups, in parameter order: decayed (`apply_wd` True, so a weight-decay schedule that
+        rewrites the groups each step knows which to change) and not decayed (`no_weight_decay`)."""
+        exempt = self.no_weight_decay()
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                (no_decay if name in exempt else decay).append(param)
+        return [{"params": decay, "weight_decay": weight_decay, "apply_wd": True},
+                {"params": no_decay, "weight_decay": 0.0, "apply_wd": False}]
+
     @property
     def mask_generator(self) -> str:
         """Name of the mask generator (engine.masking registry) this variant is defined with."""
