@@ -29,10 +29,10 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from .benchmarks import resolve_benchmarks
+from .eval_sets import resolve_benchmarks
 from .encoders import EncoderSource, export_model_config, random_encoder, run_encoder
 from .errors import EvalInputError
-from .evaluate import EvalConfig, evaluate_encoder, limit_cpu_threads
+from .encoder_eval import EvalConfig, evaluate_encoder, limit_cpu_threads
 from .report import write_report
 from .results import HEAD_COLUMNS, RANDOM_VARIANT, EncoderInfo, head_rows_from_evaluation, rows_from_evaluation, write_csv
 from .runs import RunPlan, TrainFn, plan_runs, train_missing, train_with_entry_point
