@@ -217,12 +217,11 @@ def describe_recipe() -> list[Described]:
     fields (less the loader fields the trainer sets), the `preset:` shorthands, and each term kind's
     parameters for `objective.custom`."""
     hidden = frozenset(f"data.{key}" for key in TRAINER_OWNED_DATA_KEYS)
-    rows = []
+    rows, presets = [], {"model": MODEL_PRESETS, "predictor": PREDICTOR_PRESETS}
     for row in describe_fields(Recipe, hidden=hidden):
-        if row.key == "model.img_size":
-            rows.append(_preset_row("model", MODEL_PRESETS))
-        if row.key == "predictor.depth":
-            rows.append(_preset_row("predictor", PREDICTOR_PRESETS))
+        section = row.key.partition(".")[0]
+        if section in presets:  # the shorthand first, then the keys it fills
+            rows.append(_preset_row(section, presets.pop(section)))
         if row.key.removeprefix("data.") in DATA_GEOMETRY:
             model_key = DATA_GEOMETRY[row.key.removeprefix("data.")]
             row = dataclasses.replace(row, default=model_key, doc=f"{row.doc} Defaults to {model_key}; "

@@ -30,7 +30,20 @@ def default_out_layers(depth: int, levels: int = 4) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class BlockStackConfig:
+    """What the encoder's and the predictor's stacks of transformer blocks are both configured by."""
+
+    mlp_ratio: float = field_doc(4.0, "MLP hidden width as a multiple of the token width", valid=above(0))
+    qkv_bias: bool = field_doc(True, "bias on the fused q/k/v projection")
+    norm_eps: float = field_doc(1e-6, "LayerNorm epsilon", valid=above(0))
+    pos_embed: str = field_doc("rope", "'rope' (3D rotary on q/k, the paper) or 'sincos' (fixed additive 3D sin-cos)",
+                               valid=one_of(*POSITION_KINDS))
+    rope_theta: float = field_doc(10000.0, "RoPE base frequency", valid=above(0))
+    init_std: float = field_doc(0.02, "std of the truncated-normal weight init", valid=above(0))
+
+
+@dataclass(frozen=True)
+class ModelConfig(BlockStackConfig):
     """Video ViT encoder. The defaults are the paper's ViT-B/16 at 224 px, 16 frames, tubelet 2, RoPE."""
 
     img_size: int = field_doc(224, "side of the square input crop in pixels; a multiple of patch_size", valid=at_least(1))
@@ -41,12 +54,6 @@ class ModelConfig:
     embed_dim: int = field_doc(768, "token width; a multiple of num_heads", valid=at_least(1))
     depth: int = field_doc(12, "number of transformer blocks", valid=at_least(1))
     num_heads: int = field_doc(12, "attention heads per block", valid=at_least(1))
-    mlp_ratio: float = field_doc(4.0, "MLP hidden width as a multiple of embed_dim", valid=above(0))
-    qkv_bias: bool = field_doc(True, "bias on the fused q/k/v projection")
-    norm_eps: float = field_doc(1e-6, "LayerNorm epsilon", valid=above(0))
-    pos_embed: str = field_doc("rope", "'rope' (3D rotary on q/k, the paper) or 'sincos' (fixed additive 3D sin-cos)",
-                               valid=one_of(*POSITION_KINDS))
-    rope_theta: float = field_doc(10000.0, "RoPE base frequency", valid=above(0))
     out_layers: tuple[int, ...] | None = field_doc(
         None, "blocks whose LayerNormed outputs are concatenated for the losses; None = 4 evenly spaced, "
         "ending at the last block", valid=at_least(0))
@@ -54,7 +61,6 @@ class ModelConfig:
         None, "blocks forming the frozen-eval features, a subset of out_layers; None = last block only",
         valid=at_least(0))
     modality_embedding: bool = field_doc(False, "add a learned video/image vector to every token (V-JEPA 2.1, the paper)")
-    init_std: float = field_doc(0.02, "std of the truncated-normal weight init", valid=above(0))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_layers", _as_int_tuple(self.out_layers))
@@ -122,24 +128,18 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class PredictorConfig:
+class PredictorConfig(BlockStackConfig):
     """Narrow ViT predictor. The defaults are the paper's: depth 8, width 256, 8 heads, RoPE, zero-init mask tokens."""
 
     depth: int = field_doc(8, "number of transformer blocks", valid=at_least(1))
     width: int = field_doc(256, "token width inside the predictor; a multiple of num_heads", valid=at_least(1))
     num_heads: int = field_doc(8, "attention heads per block", valid=at_least(1))
-    mlp_ratio: float = field_doc(4.0, "MLP hidden width as a multiple of width", valid=above(0))
-    qkv_bias: bool = field_doc(True, "bias on the fused q/k/v projection")
-    norm_eps: float = field_doc(1e-6, "LayerNorm epsilon", valid=above(0))
-    pos_embed: str = field_doc("rope", "'rope' or 'sincos', as for the encoder", valid=one_of(*POSITION_KINDS))
-    rope_theta: float = field_doc(10000.0, "RoPE base frequency", valid=above(0))
     input_hidden_dim: int | None = field_doc(
         None, "hidden width of the input MLP in_dim -> hidden -> width; None = in_dim // 4 (3072 -> 768 -> 256 "
         "in the paper), 0 = one Linear", valid=at_least(0))
     zero_init_mask_tokens: bool = field_doc(True, "start the learnable mask tokens at zero (the paper) instead of random")
     predict_context: bool = field_doc(
         True, "also project the context tokens' outputs (predict_all; the dense context loss needs them)")
-    init_std: float = field_doc(0.02, "std of the truncated-normal weight init", valid=above(0))
 
     def __post_init__(self) -> None:
         check_fields(self, "predictor.")
