@@ -1,5 +1,5 @@
 """One Video-JEPA training step's forward pass: targets, context encoder, predictor, and every loss of
-the variant (paper-spec §2 for the baseline, §3 for the auxiliary terms, §8 for what we do differently).
+the variant (docs/paper.md §2 for the baseline, §3 for the auxiliary terms, §6 for what we do differently).
 
     h     = LN per level (target encoder on the full clip)          no gradient while the EMA is on
     z     = encoder(kept tokens of mask config m)                   one pass per mask config
@@ -8,7 +8,7 @@ the variant (paper-spec §2 for the baseline, §3 for the auxiliary terms, §8 f
 
 `disable_ema` (kinematic and SIGReg-no-EMA rows) makes the online encoder produce the targets, with
 gradient, and leaves the EMA target untouched, so the encoder that was trained is `encoder`. The study's
-released evaluation still loaded the untouched `target_encoder` (paper-spec §8.4): `paper_compat`
+released evaluation still loaded the untouched `target_encoder` (docs/paper.md §6.3): `paper_compat`
 reproduces that choice, and the one of building the hard-region weighted LD loss under no_grad (§8.1).
 """
 from __future__ import annotations

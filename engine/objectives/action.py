@@ -1,5 +1,5 @@
 """AC / FAC: an action head predicts a pixel-space "action", the per-token mean-RGB change between
-consecutive token steps (paper-spec §3.1, "AC", "AC+HW", "FAC")."""
+consecutive token steps (docs/paper.md §3.1, "AC", "AC+HW", "FAC")."""
 from __future__ import annotations
 
 from dataclasses import dataclass

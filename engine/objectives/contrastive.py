@@ -1,4 +1,4 @@
-"""LTC: latent temporal contrastive triplet on valid pairs (paper-spec §3.1, "LTC")."""
+"""LTC: latent temporal contrastive triplet on valid pairs (docs/paper.md §3.1, "LTC")."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,6 +1,6 @@
 """FWM: the factorized world model's two regularisers on the Z_app / Z_dyn split of the student feature
-(paper-spec §3.1, "FWM"). Z_app is the first ⌊ratio·D⌋ dims and Z_dyn the rest; with the multi-level
-feature of blocks [2, 5, 8, 11] that is a split across layers (paper-spec §8.3)."""
+(docs/paper.md §3.1, "FWM"). Z_app is the first ⌊ratio·D⌋ dims and Z_dyn the rest; with the multi-level
+feature of blocks [2, 5, 8, 11] that is a split across layers (docs/paper.md §6.2)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,6 +1,6 @@
 """Hamiltonian: one symplectic-Euler step of a learned energy carries the student's (q, p) at t to
-the target's halves at t+1 (paper-spec §3.2, "Hamiltonian"). q is the first half of the feature and p
-the second, which with the multi-level feature is a split across layers (paper-spec §8.3)."""
+the target's halves at t+1 (docs/paper.md §3.2, "Hamiltonian"). q is the first half of the feature and p
+the second, which with the multi-level feature is a split across layers (docs/paper.md §6.2)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

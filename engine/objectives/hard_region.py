@@ -1,4 +1,4 @@
-"""HW: hard-region weighting of the masked-prediction errors (paper-spec §3.1, "HW")."""
+"""HW: hard-region weighting of the masked-prediction errors (docs/paper.md §3.1, "HW")."""
 from __future__ import annotations
 
 from dataclasses import dataclass

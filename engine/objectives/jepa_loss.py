@@ -1,4 +1,4 @@
-"""The baseline objective (paper-spec §2): L1 prediction of the masked targets and the V-JEPA 2.1
+"""The baseline objective (docs/paper.md §2): L1 prediction of the masked targets and the V-JEPA 2.1
 distance-weighted context loss with its λ schedule."""
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Kinematic: velocity / acceleration sparsity of the target-branch features of the full clip
-(paper-spec §3.2, "Kinematic", "-Accel", "-Huber", "-Split", "-Anneal").
+(docs/paper.md §3.2, "Kinematic", "-Accel", "-Huber", "-Split", "-Anneal").
 
 All kinematic rows of the study disable the EMA, so the features penalised here are the online
 encoder's output on the full clip, with gradient. With the EMA on, h is detached and the term would

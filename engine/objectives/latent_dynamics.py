@@ -1,5 +1,5 @@
 """LD: a dynamics head predicts the target's latent change from the student feature at t
-(paper-spec §3.1 "LD", "FWM-LD", and with hard-region weighting "HW-LD", "FWM-HW-LD")."""
+(docs/paper.md §3.1 "LD", "FWM-LD", and with hard-region weighting "HW-LD", "FWM-HW-LD")."""
 from __future__ import annotations
 
 import contextlib

@@ -50,11 +50,11 @@ def _variants(*variants: Variant) -> dict[str, Variant]:
     return {v.name: v for v in variants}
 
 
-# Coefficients and parameters are the released configs' (paper-spec §3.1, §3.2). The hard-weighted LD's
+# Coefficients and parameters are the released configs' (docs/paper.md §3.1, §3.2). The hard-weighted LD's
 # softmax spans the whole batch's valid pairs as in the released code (weight_scope, docs/paper-deviations.md);
 # HW on L_pred stays per sample, as there.
 VARIANTS: dict[str, Variant] = _variants(
-    Variant("baseline", (), description="L_pred + λ_ctx·L_ctx (paper-spec §2)"),
+    Variant("baseline", (), description="L_pred + λ_ctx·L_ctx (docs/paper.md §2)"),
     Variant("motion_guided", (), MOTION_GUIDED, description="masking only: origins ∝ motion^2, 10% uniform"),
     Variant("amg", (), AGGRESSIVE_MOTION_GUIDED, description="masking only: origins ∝ motion^5, never uniform"),
     Variant("hw", (Term("hw", 0.3, {"tau": 1.0}),), description="hard-region weighted L_pred"),

@@ -1,5 +1,5 @@
 """SIGReg: push the student's token distribution towards an isotropic Gaussian with a sliced
-Epps–Pulley normality test (paper-spec §3.2, "SIGReg"; LeJEPA's regulariser, implemented here).
+Epps–Pulley normality test (docs/paper.md §3.2, "SIGReg"; LeJEPA's regulariser, implemented here).
 
 For a unit direction a, the projections x·a of n tokens have the empirical characteristic function
 φ_n(t) = (1/n) Σ_k exp(i·t·x_k·a). The Epps–Pulley statistic measures its weighted squared distance to

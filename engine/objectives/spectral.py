@@ -1,5 +1,5 @@
 """Spectral: match the temporal spectrum of student and target, high frequencies weighted up
-(paper-spec §3.1, "Spectral")."""
+(docs/paper.md §3.1, "Spectral")."""
 from __future__ import annotations
 
 from dataclasses import dataclass

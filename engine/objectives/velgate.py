@@ -1,4 +1,4 @@
-"""VelGate: suppress student change where the target barely moves (paper-spec §3.2, "VelGate")."""
+"""VelGate: suppress student change where the target barely moves (docs/paper.md §3.2, "VelGate")."""
 from __future__ import annotations
 
 from dataclasses import dataclass
