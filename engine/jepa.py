@@ -9,7 +9,7 @@ the variant (docs/paper.md §2 for the baseline, §3 for the auxiliary terms, §
 `disable_ema` (kinematic and SIGReg-no-EMA rows) makes the online encoder produce the targets, with
 gradient, and leaves the EMA target untouched, so the encoder that was trained is `encoder`. The study's
 released evaluation still loaded the untouched `target_encoder` (docs/paper.md §6.3): `paper_compat`
-reproduces that choice, and the one of building the hard-region weighted LD loss under no_grad (§8.1).
+reproduces that choice, and the one of building the hard-region weighted LD loss under no_grad (§6.1).
 """
 from __future__ import annotations
 

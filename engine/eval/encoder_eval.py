@@ -18,6 +18,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from engine.fields import field_doc
+
 from .eval_sets import SUITES, Benchmark, CheckedBenchmark, ProbeProtocol, check_benchmark, resolve_benchmarks
 from .clips import encoder_forward, eval_batches
 from .encoders import EncoderSource
@@ -33,18 +35,21 @@ BatchSource = Callable[[Path, str, ExtractionSpec, int], tuple[Iterator[dict], i
 class EvalConfig:
     """Evaluation settings shared by every encoder of a study (so every row is probed alike)."""
 
-    benchmarks: tuple[str, ...] = SUITES["synth"]  # benchmark names (see engine/eval/eval_sets.py)
-    probe_epochs: int | None = None  # epochs for every probe; None = each benchmark's paper value (100 / 50)
-    probe_batch_size: int | None = None  # probe batch for every benchmark; None = each benchmark's paper value
-    lr: float = 1e-3  # protocol head learning rate (the paper)
-    weight_decay: float = 0.01  # protocol head weight decay (the paper)
-    sweep_lrs: tuple[float, ...] = ()  # extra lrs of the multi-head sweep, e.g. (5e-3, 3e-4, 1e-4)
-    sweep_wds: tuple[float, ...] = ()  # extra weight decays of the sweep, e.g. (0.1, 0.4)
-    num_clips: int = 1  # temporal clips per video (the paper: 1)
-    num_views: int = 1  # spatial views per clip (the paper: 1)
-    extract_batch_size: int = 16  # clips per encoder forward during extraction
-    probe_seed: int = 0  # seed of the probe heads and batch order
-    skip_probes: tuple[str, ...] = ()  # "benchmark:probe" pairs not to train, e.g. ("synth-ssv2:attentive",)
+    benchmarks: tuple[str, ...] = field_doc(SUITES["synth"], "Benchmark names (see engine/eval/eval_sets.py).")
+    probe_epochs: int | None = field_doc(
+        None, "Epochs for every probe; None = each benchmark's paper value (100 / 50).")
+    probe_batch_size: int | None = field_doc(
+        None, "Probe batch for every benchmark; None = each benchmark's paper value.")
+    lr: float = field_doc(1e-3, "Protocol head learning rate (the paper).")
+    weight_decay: float = field_doc(0.01, "Protocol head weight decay (the paper).")
+    sweep_lrs: tuple[float, ...] = field_doc((), "Extra lrs of the multi-head sweep, e.g. (5e-3, 3e-4, 1e-4).")
+    sweep_wds: tuple[float, ...] = field_doc((), "Extra weight decays of the sweep, e.g. (0.1, 0.4).")
+    num_clips: int = field_doc(1, "Temporal clips per video (the paper: 1).")
+    num_views: int = field_doc(1, "Spatial views per clip (the paper: 1).")
+    extract_batch_size: int = field_doc(16, "Clips per encoder forward during extraction.")
+    probe_seed: int = field_doc(0, "Seed of the probe heads and batch order.")
+    skip_probes: tuple[str, ...] = field_doc(
+        (), "'benchmark:probe' pairs not to train, e.g. ('synth-ssv2:attentive',).")
 
     def probe_config(self, benchmark: Benchmark) -> ProbeTrainConfig:
         return ProbeTrainConfig(epochs=self.probe_epochs or benchmark.epochs,
