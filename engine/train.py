@@ -194,6 +194,7 @@ class Trainer:
         from engine.training.faults import NonFiniteGuard
 
         self.guard = NonFiniteGuard(self.recipe.train.max_nonfinite_in_row)
+        self.must_stop = False
         resume_from = self.ckpt.resolve(self.resume)
         if resume_from is None:
             return 0, False
