@@ -1,6 +1,6 @@
 """The original study's eager implementations that the kernels replace (benchmark baselines only).
 
-Written after the descriptions in docs (anchors.md §1.5, paper-spec.md §3.1 and §7): V-JEPA's
+Written after the released code as described in docs/paper.md §3: V-JEPA's
 ``apply_masks`` gather on an expanded int64 index with the position embedding and the mask token
 repeated to [B,N,D]; the HW loss in several eager passes; the motion-guided mask built sample by
 sample with Python loops over every block origin, as the original collate function does.

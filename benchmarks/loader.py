@@ -122,10 +122,10 @@ class RawFileClips(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from engine.data.reference import reference_sample
+        from engine.data.pyav_oracle import oracle_sample
 
         source, is_image, frames, roi_start, roi_end = self.items[i]
-        return reference_sample(self.cfg, source, is_image, frames, roi_start, roi_end, dali_colour=False)
+        return oracle_sample(self.cfg, source, is_image, frames, roi_start, roi_end, dali_colour=False)
 
 
 class ReferenceRun:
@@ -340,7 +340,7 @@ def main(argv=None) -> int:
         report["runs"][device] = run
         report["realised_mix"] = mix
         print(f"\n[{device}]  {'loader':<28}{'clips/s':>10}{'frames/s':>12}")
-        for name, label in (("a_loader", "(a) this loader"), ("b_reference", "(b) per-file PyAV reference"),
+        for name, label in (("a_loader", "(a) this loader"), ("b_reference", "(b) per-file PyAV loader"),
                             ("c_decode_only", "(c) DALI decode alone"),
                             ("d_graph_only", "(d) DALI graph, bytes in RAM")):
             if name in run:

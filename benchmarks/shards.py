@@ -26,7 +26,7 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from shards.build import make_parser, run  # noqa: E402
 from shards.sources import ADAPTERS, AdapterOptions  # noqa: E402
-from shards.synth_build import PART_SOURCES  # noqa: E402
+from shards.synth.plan import PART_SOURCES  # noqa: E402
 
 COLUMNS = ["part", "samples", "rejects", "frames", "input_mb", "output_mb", "ratio", "media_ratio", "seconds",
            "clips_per_s", "output_mb_per_s", "frames_per_s"]

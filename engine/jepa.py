@@ -1,5 +1,5 @@
 """One Video-JEPA training step's forward pass: targets, context encoder, predictor, and every loss of
-the variant (paper-spec §2 for the baseline, §3 for the auxiliary terms, §8 for what we do differently).
+the variant (docs/paper.md §2 for the baseline, §3 for the auxiliary terms, §6 for what we do differently).
 
     h     = LN per level (target encoder on the full clip)          no gradient while the EMA is on
     z     = encoder(kept tokens of mask config m)                   one pass per mask config
@@ -8,20 +8,22 @@ the variant (paper-spec §2 for the baseline, §3 for the auxiliary terms, §8 f
 
 `disable_ema` (kinematic and SIGReg-no-EMA rows) makes the online encoder produce the targets, with
 gradient, and leaves the EMA target untouched, so the encoder that was trained is `encoder`. The study's
-released evaluation still loaded the untouched `target_encoder` (paper-spec §8.4): `paper_compat`
-reproduces that choice, and the one of building the hard-region weighted LD loss under no_grad (§8.1).
+released evaluation still loaded the untouched `target_encoder` (docs/paper.md §6.3): `paper_compat`
+reproduces that choice, and the one of building the hard-region weighted LD loss under no_grad (§6.1).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from typing import Any, Mapping, Protocol, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from kernels import masked_gather
+from engine.fields import field_doc
 from engine.models import ema_update
-from engine.objectives.base import MaskView, StepInputs, Variant
+from engine.objectives.base import MaskView, StepInputs, Term, Variant
 from engine.objectives.jepa_loss import (
     ContextLossConfig,
     context_distance_weights,
@@ -29,7 +31,7 @@ from engine.objectives.jepa_loss import (
     layer_norm_levels,
     prediction_loss,
 )
-from engine.objectives.registry import Objective, resolve_variant
+from engine.objectives.registry import TERM_KINDS, Objective, resolve_variant
 
 # Loss-dict keys of the JEPA terms themselves; auxiliary terms may not use them.
 RESERVED_KEYS = ("pred", "ctx", "lambda_ctx", "total")
@@ -47,13 +49,14 @@ class MaskPair(Protocol):
 class JEPAConfig:
     """The loss-side switches of a run."""
 
-    context_loss: ContextLossConfig = field(default_factory=ContextLossConfig)
-    """Dense context loss: distance weighting and its λ schedule."""
-    disable_ema: bool | None = None
-    """None: the variant's setting. True: online targets with gradient, EMA target never updated."""
-    paper_compat: bool = False
-    """Reproduce the released code's two defects (weighted LD under no_grad; evaluating the untrained
-    target copy of a no-EMA run) so the study can measure their effect. Off by default."""
+    context_loss: ContextLossConfig = field_doc(factory=ContextLossConfig,
+                                                doc="Dense context loss: distance weighting and its λ schedule.")
+    disable_ema: bool | None = field_doc(None, "None: the variant's setting. True: online targets with gradient, "
+                                               "EMA target never updated. False: the EMA on.")
+    paper_compat: bool = field_doc(False, "Reproduce the released code's two defects so the study can measure "
+                                          "their effect: every LD term's hard-weighted loss under no_grad (its "
+                                          "own paper_compat parameter), and evaluating the untrained target copy "
+                                          "of a no-EMA run. Off by default.")
 
 
 def trained_encoder_key(disable_ema: bool, paper_compat: bool) -> str:
@@ -65,6 +68,18 @@ def trained_encoder_key(disable_ema: bool, paper_compat: bool) -> str:
     if disable_ema and not paper_compat:
         return ONLINE
     return TARGET
+
+
+def with_paper_compat(variant: Variant) -> Variant:
+    """The variant with `paper_compat: true` in the parameters of every term whose kind has that parameter
+    (today only LD reads it): the recipe's one switch reaches the one term it changes."""
+    def reads_it(term: Term) -> bool:
+        kind = TERM_KINDS.get(term.name)  # an unknown name is the Objective's error to report
+        return kind is not None and "paper_compat" in {f.name for f in dataclasses.fields(kind.Params)}
+
+    terms = tuple(dataclasses.replace(term, params={**term.params, "paper_compat": True}) if reads_it(term) else term
+                  for term in variant.terms)
+    return dataclasses.replace(variant, terms=terms)
 
 
 class JEPA(nn.Module):
@@ -87,9 +102,10 @@ class JEPA(nn.Module):
         self.paper_compat = self.cfg.paper_compat
         # Rebuild the variant with the effective EMA switch so that the objective's checks see it.
         if self.disable_ema != self.variant.disable_ema:
-            self.variant = Variant(self.variant.name, self.variant.terms, self.variant.mask_generator,
-                                   self.disable_ema, self.variant.description)
-        self.objective = Objective(self.variant, encoder.out_dim, self.paper_compat)
+            self.variant = dataclasses.replace(self.variant, disable_ema=self.disable_ema)
+        if self.paper_compat:
+            self.variant = with_paper_compat(self.variant)
+        self.objective = Objective(self.variant, encoder.out_dim)
         for term in self.objective.terms.values():
             if hasattr(term, "configure"):  # heads sized by the clip geometry (pixel target)
                 geometry = encoder.cfg
@@ -97,6 +113,23 @@ class JEPA(nn.Module):
         self.levels = encoder.out_dim // encoder.embed_dim
         self.trained_encoder = trained_encoder_key(self.disable_ema, self.paper_compat)
         self._kept_targets: Tensor | None = None
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the trainable parameters that take no weight decay: biases, norm scales, position and
+        mask tokens (every parameter of one dimension or fewer, and the predictor's mask tokens)."""
+        return {name for name, param in self.named_parameters()
+                if param.requires_grad and (param.ndim <= 1 or name.endswith("mask_tokens"))}
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW's two groups, in parameter order: decayed (`apply_wd` True, so a weight-decay schedule that
+        rewrites the groups each step knows which to change) and not decayed (`no_weight_decay`)."""
+        exempt = self.no_weight_decay()
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                (no_decay if name in exempt else decay).append(param)
+        return [{"params": decay, "weight_decay": weight_decay, "apply_wd": True},
+                {"params": no_decay, "weight_decay": 0.0, "apply_wd": False}]
 
     @property
     def mask_generator(self) -> str:

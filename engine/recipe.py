@@ -13,6 +13,7 @@ variant of engine.objectives' registry) with the trainer's own (`run:`, `train:`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -23,9 +24,11 @@ from typing import Literal, Optional
 import yaml
 
 from engine.data.config import DatasetSpec, LoaderConfig
+from engine.fields import Described, above, at_least, between, check_fields, describe_fields, field_doc, one_of
 from engine.jepa import JEPAConfig
 from engine.masking.config import MaskingConfig
-from engine.objectives.registry import VARIANTS
+from engine.objectives.base import Variant, parse_params
+from engine.objectives.registry import TERM_KINDS, VARIANTS
 from engine.models.config import MODEL_PRESETS, PREDICTOR_PRESETS, ModelConfig, PredictorConfig
 from engine.training.collapse import CollapseConfig
 from engine.training.typed_yaml import (
@@ -33,8 +36,6 @@ from engine.training.typed_yaml import (
     apply_overrides,
     build_dataclass,
     blame,
-    describe,
-    field_doc,
     load_yaml_tree,
     to_plain,
 )
@@ -62,26 +63,30 @@ class RunConfig:
     out_dir: str = field_doc("runs", "Parent folder of run folders (relative to the working directory).")
     seed: int = field_doc(0, "Root seed of the model init, the loader's sampling and the masks.")
 
+    def __post_init__(self):
+        check_fields(self)
+
 
 @dataclass
 class TrainConfig:
     """Length, batch geometry, logging and checkpointing of the loop."""
 
-    steps: int = field_doc(30_000, "Optimizer steps of the whole run (paper: 100 epochs x 300 = 30,000).")
-    global_batch: int = field_doc(32, "Clips per optimizer step over all ranks (paper: 32).")
-    micro_batch: int = field_doc(8, "Clips per forward on one rank; accumulation = global / (micro x world).")
-    log_every: int = field_doc(1, "Write a metrics row every N steps (CSV, TensorBoard).")
-    checkpoint_every: int = field_doc(1000, "Write a checkpoint every N steps (and always at the end).")
-    keep_last: int = field_doc(3, "Complete checkpoints kept on disk; older ones are deleted.")
-    max_nonfinite_in_row: int = field_doc(5, "NaN/Inf losses in a row that stop the run (with a checkpoint).")
+    steps: int = field_doc(30_000, "Optimizer steps of the whole run (paper: 100 epochs x 300 = 30,000).",
+                           valid=at_least(1))
+    global_batch: int = field_doc(32, "Clips per optimizer step over all ranks (paper: 32).", valid=at_least(1))
+    micro_batch: int = field_doc(8, "Clips per forward on one rank; accumulation = global / (micro x world).",
+                                 valid=at_least(1))
+    log_every: int = field_doc(1, "Write a metrics row every N steps (CSV, TensorBoard).", valid=at_least(1))
+    checkpoint_every: int = field_doc(1000, "Write a checkpoint every N steps (and always at the end).",
+                                      valid=at_least(1))
+    keep_last: int = field_doc(3, "Complete checkpoints kept on disk; older ones are deleted.", valid=at_least(1))
+    max_nonfinite_in_row: int = field_doc(5, "NaN/Inf losses in a row that stop the run (with a checkpoint).",
+                                          valid=at_least(1))
     export_at_end: bool = field_doc(True, "Export the trained encoder to <run>/encoder.safetensors at the end.")
     progress_bar: bool = field_doc(True, "Show a tqdm bar on rank 0.")
 
     def __post_init__(self):
-        for name in ("steps", "global_batch", "micro_batch", "log_every", "checkpoint_every", "keep_last",
-                     "max_nonfinite_in_row"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        check_fields(self)
         if self.global_batch % self.micro_batch:
             raise ValueError(f"global_batch={self.global_batch} is not a multiple of micro_batch="
                              f"{self.micro_batch}; pick a micro batch that divides it")
@@ -91,43 +96,44 @@ class TrainConfig:
 class OptimConfig:
     """AdamW with a warmup-then-cosine learning rate and a cosine weight decay, set on param groups."""
 
-    lr: float = field_doc(6e-4, "Peak learning rate, reached at the end of warmup (paper: 6e-4).")
-    start_lr: float = field_doc(1e-4, "Learning rate at step 0 (paper: 1e-4).")
-    final_lr: float = field_doc(6e-4, "Learning rate at the last step (paper: 6e-4, i.e. constant after warmup).")
-    warmup_steps: int = field_doc(300, "Steps of the linear warmup from start_lr to lr (paper: 300 = 1 epoch).")
-    weight_decay: float = field_doc(0.04, "Weight decay at step 0 (paper: 0.04); biases and 1-D params get none.")
-    final_weight_decay: float = field_doc(0.04, "Weight decay at the last step (cosine; paper: constant 0.04).")
-    betas: tuple[float, float] = field_doc((0.9, 0.999), "AdamW betas.")
-    eps: float = field_doc(1e-8, "AdamW epsilon.")
-    grad_clip: float = field_doc(0.0, "Global gradient-norm clip; 0 disables it.")
+    lr: float = field_doc(6e-4, "Peak learning rate, reached at the end of warmup (paper: 6e-4).", valid=above(0))
+    start_lr: float = field_doc(1e-4, "Learning rate at step 0 (paper: 1e-4).", valid=at_least(0))
+    final_lr: float = field_doc(6e-4, "Learning rate at the last step (paper: 6e-4, i.e. constant after warmup).",
+                                valid=at_least(0))
+    warmup_steps: int = field_doc(300, "Steps of the linear warmup from start_lr to lr (paper: 300 = 1 epoch).",
+                                  valid=at_least(0))
+    weight_decay: float = field_doc(0.04, "Weight decay at step 0 (paper: 0.04) of the parameters the model "
+                                          "decays (JEPA.param_groups: not biases, norms, tokens).",
+                                    valid=at_least(0))
+    final_weight_decay: float = field_doc(0.04, "Weight decay at the last step (cosine; paper: constant 0.04).",
+                                          valid=at_least(0))
+    betas: tuple[float, float] = field_doc((0.9, 0.999), "AdamW betas.", valid=between(0.0, 1.0, high_open=True))
+    eps: float = field_doc(1e-8, "AdamW epsilon.", valid=above(0))
+    grad_clip: float = field_doc(0.0, "Global gradient-norm clip; 0 disables it.", valid=at_least(0))
 
     def __post_init__(self):
-        # Name the one field at fault: the recipe loader reports the file or --set that set it.
-        if self.lr <= 0:
-            raise ValueError(f"lr={self.lr} must be > 0")
-        for name in ("start_lr", "final_lr", "warmup_steps", "weight_decay", "final_weight_decay", "grad_clip"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        # Names the one field at fault: the recipe loader reports the file or --set that set it.
+        check_fields(self)
 
 
 @dataclass
 class EmaConfig:
     """The EMA target encoder (fp32, outside the DeepSpeed engine)."""
 
-    momentum: float = field_doc(0.99925, "EMA momentum at step 0 (paper: 0.99925).")
-    final_momentum: float = field_doc(0.99925, "EMA momentum at the last step (linear ramp; paper: constant).")
+    momentum: float = field_doc(0.99925, "EMA momentum at step 0 (paper: 0.99925).", valid=between(0.0, 1.0))
+    final_momentum: float = field_doc(0.99925, "EMA momentum at the last step (linear ramp; paper: constant).",
+                                      valid=between(0.0, 1.0))
 
     def __post_init__(self):
-        for name in ("momentum", "final_momentum"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 1]")
+        check_fields(self)
 
 
 @dataclass
 class ParallelConfig:
     """Hardware and parallelism choices; the model code knows nothing of them."""
 
-    zero_stage: int = field_doc(2, "DeepSpeed ZeRO stage: 1 (optimizer states) or 2 (+ gradients) sharded.")
+    zero_stage: int = field_doc(2, "DeepSpeed ZeRO stage: 1 (optimizer states) or 2 (+ gradients) sharded.",
+                                valid=one_of(1, 2))
     precision: Literal["auto", "bf16", "fp32"] = field_doc(
         "auto", "auto = bf16 on CUDA, fp32 on CPU; the EMA target stays fp32 either way.")
     kernels: Literal["auto", "triton", "reference"] = field_doc(
@@ -135,7 +141,7 @@ class ParallelConfig:
     activation_checkpointing: bool = field_doc(False, "Recompute encoder blocks in backward to save memory.")
     comm_backend: Literal["auto", "nccl", "gloo"] = field_doc("auto", "auto = nccl on CUDA, gloo on CPU.")
     cpu_threads: int = field_doc(0, "torch intra-op threads per rank; 0 = cores / local ranks - 1 (one core "
-                                    "left to the loader), at least 1.")
+                                    "left to the loader), at least 1.", valid=at_least(0))
 
     def __post_init__(self):
         if self.zero_stage == 3:
@@ -146,18 +152,31 @@ class ParallelConfig:
         if self.zero_stage not in (1, 2):
             raise ValueError(f"zero_stage={self.zero_stage}: use 1 or 2 (stage 0 has no NaN-gradient step skip "
                              f"in DeepSpeed, which the loop relies on)")
+        check_fields(self)
 
 
 @dataclass
 class ObjectiveConfig:
     """The objective variant: a row of the study by name, or terms listed directly."""
 
-    variant: str = field_doc("baseline", "Name in engine.objectives.registry.VARIANTS (e.g. fwm_hw_ld, ld, motion_guided).")
-    custom: Optional[dict] = field_doc(None, "Instead of `variant`: {name, terms: [{name, coeff, params}], mask_generator, disable_ema}.")
+    variant: str = field_doc("baseline", "Name in engine.objectives.registry.VARIANTS (e.g. fwm_hw_ld, ld, "
+                                         "motion_guided); ignored when `custom` is set.", valid=one_of(*VARIANTS))
+    custom: Optional[Variant] = field_doc(None, "Instead of `variant`: the terms listed directly (null = use "
+                                                "`variant`).")
 
     def __post_init__(self):
         if self.custom is None and self.variant not in VARIANTS:
             raise ValueError(f"variant={self.variant!r} is not registered; use one of {sorted(VARIANTS)}")
+        check_fields(self)
+        for i, term in enumerate(self.custom.terms if self.custom is not None else ()):
+            # Each term's kind and parameters are checked now, not when the model is built minutes later.
+            if term.name not in TERM_KINDS:
+                raise ValueError(f"custom.terms[{i}].name={term.name!r} is not a term kind; use one of "
+                                 f"{sorted(TERM_KINDS)}")
+            try:
+                check_fields(parse_params(TERM_KINDS[term.name].Params, term.params, term.name))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"custom.terms[{i}].params: {err}") from None
 
     def spec(self):
         """What engine.jepa.JEPA takes as its variant."""
@@ -173,7 +192,8 @@ class Recipe:
     predictor: PredictorConfig = field_doc(factory=PredictorConfig, doc="Predictor (engine.models.PredictorConfig); `preset:` allowed.")
     objective: ObjectiveConfig = field_doc(factory=lambda: ObjectiveConfig(), doc="Which variant of the study (engine.objectives registry).")
     loss: JEPAConfig = field_doc(factory=JEPAConfig, doc="Context-loss schedule, EMA switch, paper_compat (engine.jepa.JEPAConfig).")
-    masking: Optional[MaskingConfig] = field_doc(None, "Mask generators (engine.masking); null, or no masking.name/masks, = the variant's own.")
+    masking: Optional[MaskingConfig] = field_doc(None, "Mask generators (engine.masking); null, or no masking.name/masks, "
+                                                       "= the variant's own.")
     data: LoaderConfig = field_doc(factory=lambda: LoaderConfig(datasets=[DatasetSpec(root="data/shards/synth-ucf")]),
                                    doc="Loader (engine.data.LoaderConfig); batch/rank/seed are set by the trainer.")
     train: TrainConfig = field_doc(factory=TrainConfig, doc="Loop length, batch, logging, checkpoints.")
@@ -186,6 +206,36 @@ class Recipe:
     @property
     def run_dir(self) -> Path:
         return Path(self.run.out_dir) / self.run.name
+
+
+# The geometry keys of `data:` that a recipe may give, but that default to (and must equal) the model's.
+DATA_GEOMETRY = {"crop_size": "model.img_size", "num_frames": "model.num_frames"}
+
+
+def describe_recipe() -> list[Described]:
+    """Exactly the keys a recipe may set, each with its type, default, valid range and doc: the dataclass
+    fields (less the loader fields the trainer sets), the `preset:` shorthands, and each term kind's
+    parameters for `objective.custom`."""
+    hidden = frozenset(f"data.{key}" for key in TRAINER_OWNED_DATA_KEYS)
+    rows, presets = [], {"model": MODEL_PRESETS, "predictor": PREDICTOR_PRESETS}
+    for row in describe_fields(Recipe, hidden=hidden):
+        section = row.key.partition(".")[0]
+        if section in presets:  # the shorthand first, then the keys it fills
+            rows.append(_preset_row(section, presets.pop(section)))
+        if row.key.removeprefix("data.") in DATA_GEOMETRY:
+            model_key = DATA_GEOMETRY[row.key.removeprefix("data.")]
+            row = dataclasses.replace(row, default=model_key, doc=f"{row.doc} Defaults to {model_key}; "
+                                                                      f"if given, it must equal it.")
+        rows.append(row)
+        if row.key == "objective.custom.terms[].params":
+            for name, kind in TERM_KINDS.items():
+                rows.extend(describe_fields(kind.Params, f"objective.custom.terms[{name}].params."))
+    return rows
+
+
+def _preset_row(section: str, table: dict[str, dict]) -> Described:
+    return Described(f"{section}.preset", "str", "(none)", "one of " + ", ".join(repr(n) for n in table),
+                     f"A named size ({', '.join(next(iter(table.values())))}); keys given beside it win.")
 
 
 def _expand_presets(data: dict, origin: dict) -> None:
@@ -355,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-base-outside-tree", action="store_true", help=ALLOW_OUTSIDE_HELP)
     args = parser.parse_args(argv)
     if args.describe or not args.recipe:
-        print("\n".join(describe(Recipe)))
+        print("\n".join(row.line() for row in describe_recipe()))
         return 0
     try:
         recipe = load_recipe(args.recipe, args.overrides, allow_outside_base=args.allow_base_outside_tree)

@@ -16,7 +16,6 @@ import argparse
 import math
 import os
 import sys
-import time
 from pathlib import Path
 
 # `deepspeed engine/train.py` runs this file as a script: make the repository importable.
@@ -92,6 +91,7 @@ class Trainer:
         from engine.training.checkpoint import CheckpointManager
         from engine.training.collapse import CollapseAlarm
         from engine.training.ds_config import build_ds_config, resolve_precision, skip_shm_comm_op
+        from engine.training.step import StepParts
 
         r = self.recipe
         if not torch.cuda.is_available():
@@ -121,21 +121,15 @@ class Trainer:
         torch.manual_seed(r.run.seed)
         variant = resolve_variant(r.objective.spec())
         self.masks = build_mask_generator(r.masking, default=variant.mask_generator)
-        self.grid = r.model.grid
         encoder = VisionTransformer(r.model)
-        predictor = Predictor(r.predictor, in_dim=encoder.out_dim, grid=self.grid,
+        predictor = Predictor(r.predictor, in_dim=encoder.out_dim, grid=r.model.grid,
                               num_mask_tokens=self.masks.num_mask_configs)
         self.jepa = JEPA(encoder, predictor, variant, r.loss)
         self.target = make_ema_target(encoder).to(self.device)
         encoder.set_grad_checkpointing(r.parallel.activation_checkpointing)
 
-        # AdamW: no weight decay on biases, norms, position and mask tokens (1-D parameters).
-        decay, no_decay = [], []
-        for name, param in self.jepa.named_parameters():
-            if param.requires_grad:
-                (no_decay if param.ndim <= 1 or name.endswith("mask_tokens") else decay).append(param)
-        groups = [{"params": decay, "weight_decay": r.optim.weight_decay, "apply_wd": True},
-                  {"params": no_decay, "weight_decay": 0.0, "apply_wd": False}]
+        # AdamW over the model's own two groups: its no_weight_decay() parameters are never decayed.
+        groups = self.jepa.param_groups(r.optim.weight_decay)
         optimizer = torch.optim.AdamW(groups, lr=r.optim.start_lr, betas=r.optim.betas, eps=r.optim.eps,
                                       fused=cuda)
         ds_config = build_ds_config(global_batch=r.train.global_batch, micro_batch=r.train.micro_batch,
@@ -144,190 +138,113 @@ class Trainer:
         self.accum = ds_config["gradient_accumulation_steps"]
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=self.jepa, optimizer=optimizer,
                                                                  config=ds_config)
-        self.params = [p for p in self.engine.module.parameters() if p.requires_grad]
 
         data_cfg = _replace(r.data, batch_size=r.train.micro_batch, rank=self.rank, world_size=self.world,
                             seed=r.run.seed, mode="train", infinite=True,
                             dtype="bfloat16" if self.precision == "bf16" else "float32")
         self.loader = VideoLoader(data_cfg)
-        self.ckpt = CheckpointManager(self.run_dir, r.train.keep_last)
+        self.ckpt = CheckpointManager(self.run_dir, r.train.keep_last, every=r.train.checkpoint_every,
+                                      last_step=r.train.steps)
         self.collapse = CollapseAlarm(r.collapse)
+        self.parts = StepParts(self.engine, self.jepa, self.target, self.masks, self.loader.next_batch, r, self.accum,
+                               self.device, self.rank, self.precision, self.collapse)
 
     # -- the loop -------------------------------------------------------------------------------------
 
     def run(self) -> int:
-        import torch
-        import torch.distributed as dist
-        from tqdm import tqdm
-
         from kernels import use_backend
-        from engine.models import encoder_flops, predictor_flops
-        from engine.training import schedules
-        from engine.training.collapse import collapse_metrics, last_level
-        from engine.training.faults import NonFiniteGuard, StopSignal
-        from engine.training.metrics import MetricsWriter, StepTimer, peak_flops
+        from engine.training.faults import StopSignal
+        from engine.training.metrics import MetricsWriter
+        from engine.training.step import agree_over_ranks, train_step
 
         self.setup()
-        r, rank = self.recipe, self.rank
-        guard = NonFiniteGuard(r.train.max_nonfinite_in_row)
-        start_step = 0
-        resume_from = self.ckpt.resolve(self.resume)
-        if resume_from is not None:
-            trainer_state, rank_state = self.ckpt.load(resume_from, self.engine)
-            start_step = trainer_state["step"]
-            self.target.load_state_dict(trainer_state["ema_target"])
-            guard.load_state_dict(trainer_state["nonfinite"])
-            self.collapse.load_state_dict(trainer_state.get("collapse"))
-            self.loader.load_state_dict(rank_state["loader"])
-            self.log(f"resumed from {resume_from} at step {start_step}")
-        metrics = MetricsWriter(self.run_dir, enabled=rank == 0,
-                                resume_step=start_step if resume_from is not None else None)
-        timer = StepTimer(self.device)
-        peak = peak_flops(self.device)
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
-        enc_cfg = r.model
-        total_steps = r.train.steps
-        bar = tqdm(total=total_steps, initial=start_step, disable=rank != 0 or not r.train.progress_bar,
-                   dynamic_ncols=True, desc=r.run.name)
-        exit_code, stop_reason = 0, ""
-        step = start_step
+        r = self.recipe
+        start_step, resumed = self.restore()
+        metrics = MetricsWriter(self.run_dir, enabled=self.rank == 0, resume_step=start_step if resumed else None,
+                                every=r.train.log_every, last_step=r.train.steps)
+        self.open_progress(start_step)
+        stop = None
         with StopSignal() as stop_signal, use_backend(r.parallel.kernels):
-            while step < total_steps:
-                step_start = time.perf_counter()
-                timer.reset()
-                # -- schedules, written into the param groups ------------------------------------
-                lr = schedules.warmup_cosine(step, start=r.optim.start_lr, peak=r.optim.lr, final=r.optim.final_lr,
-                                             warmup_steps=r.optim.warmup_steps, total_steps=total_steps)
-                wd = schedules.cosine(step, start=r.optim.weight_decay, final=r.optim.final_weight_decay,
-                                      total_steps=total_steps)
-                momentum = schedules.linear(step, start=r.ema.momentum, final=r.ema.final_momentum,
-                                            total_steps=total_steps)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                    group["weight_decay"] = wd if group.get("apply_wd", True) else 0.0
-
-                # -- forward/backward over the micro-batches of this step -------------------------
-                sums: dict[str, float] = {}
-                collapse_row: dict[str, float] = {}
-                measure_collapse = rank == 0 and self.collapse.due(step)
-                nonfinite_local = 0.0
-                flops = 0.0
-                for micro in range(self.accum):
-                    with timer.section("data"):
-                        batch = self.loader.next_batch()
-                        video = batch["video"].to(self.device, non_blocking=True)  # [B, C, T, H, W]
-                    with timer.section("masks"):
-                        generator = torch.Generator(device=self.device)
-                        generator.manual_seed(_mask_seed(r.run.seed, rank, step, micro))
-                        masks = self.masks(video.shape[0], self.grid, generator, video)
-                    with timer.section("compute"):
-                        with autocast:
-                            losses = self.engine(video, masks, step, target_encoder=self.target,
-                                                 keep_targets=measure_collapse and micro == 0)
-                        total = losses["total"]
-                        finite = bool(torch.isfinite(total.detach()).item())
-                        if not finite:
-                            # Poison every gradient: DeepSpeed's overflow check then drops the whole step
-                            # (no Adam update) on every rank, as for an fp16 overflow.
-                            nonfinite_local = 1.0
-                            total = sum(p.float().sum() for p in self.params) * float("nan")
-                        self.engine.backward(total)
-                        for key, value in losses.items():
-                            sums[key] = sums.get(key, 0.0) + float(value.detach()) / self.accum
-                        flops += self._step_flops(masks, video.shape[0], encoder_flops, predictor_flops)
-                    if measure_collapse and micro == 0:
-                        with timer.section("collapse"):
-                            collapse_row = collapse_metrics(last_level(self.jepa.pop_kept_targets(),
-                                                                       enc_cfg.embed_dim))
-                    if micro < self.accum - 1:
-                        with timer.section("optimizer"):
-                            self.engine.step()  # accumulation micro-step: DeepSpeed only counts it
-                with timer.section("optimizer"):
-                    self.engine.step()
-                applied = self.engine.was_step_applied()
-                with timer.section("ema"):
-                    if applied:
-                        self.jepa.update_target(self.target, momentum)
-                step += 1
-
-                # -- agree over ranks: mean losses, any non-finite, any stop signal ----------------
-                keys = sorted(sums)
-                packed = torch.tensor([sums[k] for k in keys] + [nonfinite_local] + stop_signal.votes(),
-                                      dtype=torch.float64, device=self.device)
-                dist.all_reduce(packed)
-                values = (packed[:len(keys)] / self.world).tolist()
-                any_nonfinite = packed[len(keys)].item() > 0
-                stopped_by = StopSignal.agreed(packed[len(keys) + 1:].tolist())
-                if any_nonfinite and applied:
-                    raise RuntimeError(f"step {step}: a loss was not finite but DeepSpeed applied the step; "
-                                       f"the NaN guard relies on ZeRO's overflow check (zero_stage 1 or 2)")
-                must_stop = guard.record(applied)
-
-                # -- metrics ---------------------------------------------------------------------
-                wall = time.perf_counter() - step_start
-                clips_per_s = r.train.global_batch / wall
-                row = {"step": step, "lr": lr, "weight_decay": wd, "ema_momentum": momentum}
-                for key, value in zip(keys, values):
-                    row["loss" if key == "total" else ("lambda_ctx" if key == "lambda_ctx" else f"loss.{key}")] = value
-                row.update({f"time.{k}": v for k, v in timer.times.items()})
-                row.update({"time.wall": wall, "clips_per_s": clips_per_s,
-                            "tokens_per_s": clips_per_s * enc_cfg.num_tokens,
-                            "data_stall": timer.times.get("data", 0.0) / wall,
-                            "skipped_steps": guard.skipped_total, "step_applied": int(applied)})
-                row["tflops_per_s"] = flops / wall / 1e12  # model FLOPs actually achieved by this rank
-                if peak is not None:
-                    row["mfu"] = flops / (wall * peak)
-                row.update(collapse_row)
-                if step % r.train.log_every == 0 or step == total_steps or collapse_row:
-                    metrics.write(row)
-                bar.update(1)
-                bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}", lr=f"{lr:.2e}",
-                                clips_s=f"{clips_per_s:.1f}", stall=f"{row['data_stall']:.0%}", refresh=False)
-                for warning in self.collapse.check(step, collapse_row) if collapse_row else ():
-                    self.log(warning)
-                if not applied:
-                    self.log(f"step {step}: non-finite loss, step skipped ({guard.skipped_total} skipped so far, "
-                             f"{guard.in_row} in a row)")
-
-                # -- checkpoints and stops -------------------------------------------------------
-                if must_stop:
-                    stop_reason = (f"stopped: {guard.in_row} non-finite losses in a row at step {step} "
-                                   f"(train.max_nonfinite_in_row={r.train.max_nonfinite_in_row}); the checkpoint "
-                                   f"holds the last good weights; lower optim.lr or check the data, then "
-                                   f"--resume auto")
-                    exit_code = 3
-                elif stopped_by is not None:
-                    stop_reason = f"stopped by {stopped_by.name} at step {step}; continue with --resume auto"
-                    exit_code = 128 + stopped_by  # the shell's status for it: 130 (Ctrl-C), 143 (SIGTERM)
-                if stop_reason or step % r.train.checkpoint_every == 0 or step == total_steps:
-                    self.save(step, guard)
-                if stop_reason:
+            for step in range(start_step, r.train.steps):
+                row = train_step(self.parts, step)
+                row, nonfinite, votes = agree_over_ranks(row, stop_signal.votes(), self.world, self.device)
+                row["skipped_steps"] = self.skipped(row, nonfinite)
+                collapse_row = {k: v for k, v in row.items() if k.startswith("collapse.")}
+                metrics.log(row, measured=bool(collapse_row))
+                self.report(row, collapse_row)
+                stop = self.stop_reason(row["step"], StopSignal.agreed(votes))
+                if self.ckpt.due(row["step"], stopping=stop is not None):
+                    self.save(row["step"])
+                if stop is not None:
                     break
-        bar.close()
+        self.bar.close()
         metrics.close()
-        if stop_reason:
-            self.log(stop_reason)
+        if stop is not None:
+            reason, exit_code = stop
+            self.log(reason)
             self.shutdown()
             return exit_code
-        self.finish(step)
+        self.finish(r.train.steps)
         return 0
 
     # -- helpers of the loop -----------------------------------------------------------------------
 
-    def _step_flops(self, masks, batch_size: int, encoder_flops, predictor_flops) -> float:
-        """Training FLOPs of one micro-batch: target forward (x1, x3 when it is the online encoder),
-        context encoder and predictor forward + backward (x3) for every mask config."""
-        r = self.recipe
-        target_mult = 3 if self.jepa.disable_ema else 1
-        flops = target_mult * encoder_flops(r.model, batch_size=batch_size)
-        for mask in masks:
-            kc, kt = mask.context_idx.shape[1], mask.target_idx.shape[1]
-            flops += 3 * encoder_flops(r.model, num_tokens=kc, batch_size=batch_size)
-            flops += 3 * predictor_flops(r.predictor, self.jepa.encoder.out_dim, kc, kt, batch_size=batch_size)
-        return float(flops)
+    def restore(self) -> tuple[int, bool]:
+        """(first step to take, whether a checkpoint was loaded); the NaN guard starts here either way."""
+        from engine.training.faults import NonFiniteGuard
 
-    def save(self, step: int, guard) -> None:
-        trainer_state = {"step": step, "ema_target": self.target.state_dict(), "nonfinite": guard.state_dict(),
+        self.guard = NonFiniteGuard(self.recipe.train.max_nonfinite_in_row)
+        self.must_stop = False
+        resume_from = self.ckpt.resolve(self.resume)
+        if resume_from is None:
+            return 0, False
+        trainer_state, rank_state = self.ckpt.load(resume_from, self.engine)
+        self.target.load_state_dict(trainer_state["ema_target"])
+        self.guard.load_state_dict(trainer_state["nonfinite"])
+        self.collapse.load_state_dict(trainer_state.get("collapse"))
+        self.loader.load_state_dict(rank_state["loader"])
+        self.log(f"resumed from {resume_from} at step {trainer_state['step']}")
+        return trainer_state["step"], True
+
+    def skipped(self, row: dict, any_nonfinite: bool) -> int:
+        """Count the step with the NaN guard; the total of skipped steps so far."""
+        applied = bool(row["step_applied"])
+        if any_nonfinite and applied:
+            raise RuntimeError(f"step {row['step']}: a loss was not finite but DeepSpeed applied the step; "
+                               f"the NaN guard relies on ZeRO's overflow check (zero_stage 1 or 2)")
+        self.must_stop = self.guard.record(applied)
+        return self.guard.skipped_total
+
+    def stop_reason(self, step: int, stopped_by) -> tuple[str, int] | None:
+        """(message, exit status) when the run must stop after `step`: NaN losses in a row, or a signal."""
+        if self.must_stop:
+            return (f"stopped: {self.guard.in_row} non-finite losses in a row at step {step} "
+                    f"(train.max_nonfinite_in_row={self.recipe.train.max_nonfinite_in_row}); the checkpoint holds "
+                    f"the last good weights; lower optim.lr or check the data, then --resume auto"), 3
+        if stopped_by is not None:  # the shell's status for it: 130 (Ctrl-C), 143 (SIGTERM)
+            return f"stopped by {stopped_by.name} at step {step}; continue with --resume auto", 128 + stopped_by
+        return None
+
+    def open_progress(self, start_step: int) -> None:
+        from tqdm import tqdm
+
+        r = self.recipe
+        self.bar = tqdm(total=r.train.steps, initial=start_step, disable=self.rank != 0 or not r.train.progress_bar,
+                        dynamic_ncols=True, desc=r.run.name)
+
+    def report(self, row: dict, collapse_row: dict) -> None:
+        """The progress bar, the collapse alarm's warnings and the skipped-step line of one step."""
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}", lr=f"{row['lr']:.2e}",
+                             clips_s=f"{row['clips_per_s']:.1f}", stall=f"{row['data_stall']:.0%}", refresh=False)
+        for warning in self.collapse.check(row["step"], collapse_row) if collapse_row else ():
+            self.log(warning)
+        if not row["step_applied"]:
+            self.log(f"step {row['step']}: non-finite loss, step skipped ({self.guard.skipped_total} skipped so far, "
+                     f"{self.guard.in_row} in a row)")
+
+    def save(self, step: int) -> None:
+        trainer_state = {"step": step, "ema_target": self.target.state_dict(), "nonfinite": self.guard.state_dict(),
                          "collapse": self.collapse.state_dict(),
                          "trained_encoder": self.jepa.trained_encoder, "run": self.recipe.run.name}
         folder = self.ckpt.save(step, self.engine, trainer_state, {"loader": self.loader.state_dict(), "step": step},
@@ -384,12 +301,6 @@ class Trainer:
         if self.rank == 0:
             from tqdm import tqdm
             tqdm.write(message, file=sys.stderr)
-
-
-def _mask_seed(seed: int, rank: int, step: int, micro: int) -> int:
-    """Masks are a pure function of (seed, rank, step, micro-batch): identical after a resume."""
-    import numpy as np
-    return int(np.random.SeedSequence([seed, rank, step, micro]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def _replace(cfg, **changes):

@@ -9,7 +9,8 @@ Layout of this package:
   buildstate   the resume journal that lets a killed build finish without duplicates or losses
   pipeline     one split: parallel transcodes in a fixed order -> shards -> catalog
   build        the CLI: `python -m shards.build <source> --root RAW --out OUT ...`
-  synth_build  the `synth` source: generate the synth raw trees, then build them with the real adapters
+  synth/       the synth suite's generator, and (synth/plan) the `synth` source: generate the raw trees,
+               then plan them with the real adapters
 
 Nothing here imports torch. The output format is docs/contracts.md section 1.
 """

@@ -268,8 +268,11 @@ def build_planned(planned: list[tuple[SourceListing, list[str], dict, Path]], ar
 def plan(args: argparse.Namespace) -> list[tuple[SourceListing, list[str], dict, Path]]:
     check_arguments(args)
     if args.source == "synth":
-        from shards.synth_build import plan_synth  # the generator is imported only when asked for
-        return plan_synth(args)
+        try:  # the generator (and what it draws with) is imported only when asked for
+            from shards.synth.plan import plan_synth
+        except ImportError as error:
+            raise LayoutError(f"the synth generator (shards.synth) cannot be imported: {error}") from None
+        return plan_synth(args, plan_dataset)
     dataset = args.dataset_name or (safe_key(args.root.resolve().name) if args.source == "folder" else args.source)
     if safe_key(dataset) != dataset:
         raise LayoutError(f"--dataset-name {dataset!r}: expected letters, digits, '_' or '-'")

@@ -1,4 +1,4 @@
-"""One raw file -> the canonical sample of design.md ("Canonical clip in a shard"), or the reason it is rejected.
+"""One raw file -> the canonical sample of docs/contracts.md §1 (shard members), or the reason it is rejected.
 
 Videos: decoded with PyAV and re-encoded as VP9 (default; DALI decodes it on CPU and on NVDEC) or
 H.264 (GPU-only fleets), yuv420p, constant frame rate (frames re-timed at the source's average rate),
@@ -46,7 +46,7 @@ class TranscodeSettings:
     def encoder_options(self) -> dict[str, str]:
         crf = str(self.crf if self.crf is not None else DEFAULT_CRF[self.codec])
         if self.codec == "vp9":
-            # realtime + cpu-used 8: ~800 frames/s at 340x256 on one core (stack.md 3b); no lag or
+            # realtime + cpu-used 8: ~800 frames/s at 340x256 on one core; no lag or
             # row-mt so the output does not depend on thread timing.
             return {"deadline": "realtime", "cpu-used": "8", "crf": crf, "b": "0", "g": str(self.gop),
                     "lag-in-frames": "0", "row-mt": "0", "tile-columns": "0"}

@@ -156,14 +156,14 @@ def write_dataset(out_dir: Path, spec: FixtureSpec) -> Path:
 
 
 def epoch_with_reference(cfg) -> list[tuple[dict, dict]]:
-    """Every batch of one epoch of a fresh VideoLoader(cfg), each beside the PyAV reference batch decoded
+    """Every batch of one epoch of a fresh VideoLoader(cfg), each beside the PyAV oracle batch decoded
     from the same plan (sample, frames, crop, flip)."""
     from engine.data import VideoLoader
-    from engine.data.reference import reference_batch
+    from engine.data.pyav_oracle import oracle_batch
 
     loader = VideoLoader(cfg)
     try:
-        return [(loader.next_batch(), reference_batch(loader.sampler, loader.sampler.plan(step)))
+        return [(loader.next_batch(), oracle_batch(loader.sampler, loader.sampler.plan(step)))
                 for step in range(len(loader))]
     finally:
         loader.close()

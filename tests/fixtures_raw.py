@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
-import types
 from fractions import Fraction
 from pathlib import Path
 
@@ -182,7 +180,7 @@ SYNTH_PART_WRITERS = {"synth-ucf": make_ucf101, "synth-ssv2": make_ssv2, "synth-
 
 
 def install_fake_synth_generator(monkeypatch) -> list[dict]:
-    """Replace `shards.synth` with a generator that writes the miniature fixture trees, one per synth part.
+    """Replace `shards.synth.generate_suite` with one that writes the miniature fixture trees, one per synth part.
 
     The shard builder's `synth` source then runs its real adapters on them in about a second. Returns the
     list the fake appends each call's arguments to."""
@@ -197,7 +195,5 @@ def install_fake_synth_generator(monkeypatch) -> list[dict]:
                 writer(roots[part])
         return roots
 
-    module = types.ModuleType("shards.synth")
-    module.generate_suite = generate_suite
-    monkeypatch.setitem(sys.modules, "shards.synth", module)
+    monkeypatch.setattr("shards.synth.generate_suite", generate_suite)
     return calls

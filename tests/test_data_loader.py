@@ -16,7 +16,7 @@ import torch
 from data_fixtures import FixtureSpec, epoch_with_reference, frame_index_from_blue, sample_key, write_dataset
 from engine.data import DatasetSpec, LoaderConfig, VideoLoader
 from engine.data.augment import crop_flip_resize_batch, crop_flip_resize_uint8
-from engine.data.reference import reference_batch
+from engine.data.pyav_oracle import oracle_batch
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_dali_frames_match_pyav_reference(folders, resize_backend):
         for _ in range(3):
             plan = loader.sampler.plan(loader.step)
             batch = loader.next_batch()
-            reference = reference_batch(loader.sampler, plan)
+            reference = oracle_batch(loader.sampler, plan)
             assert batch["key"] == reference["key"]
             assert batch["video"].shape == (4, 3, 6, 24, 24) and batch["video"].dtype == torch.float32
             assert torch.equal(batch["label"], reference["label"])

@@ -6,6 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import engine.eval.encoder_eval as encoder_eval
 import engine.eval.evaluate as evaluate
 from data_fixtures import write_benchmark_folder
 from engine.export import export_encoder
@@ -44,7 +45,7 @@ def no_work(monkeypatch):
     """Any feature extraction or encoder load fails the test: the errors must come before either."""
     def refuse(*args, **kwargs):
         raise AssertionError("work started before every input was checked")
-    monkeypatch.setattr(evaluate, "extract_to_cache", refuse)
+    monkeypatch.setattr(encoder_eval, "extract_to_cache", refuse)
     monkeypatch.setattr(evaluate.EncoderSource, "load", refuse)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from data_fixtures import write_benchmark_folder
-from engine.eval.benchmarks import BENCHMARKS, check_splits_disjoint
+from engine.eval.eval_sets import BENCHMARKS, check_splits_disjoint
 from engine.eval.clips import encoder_forward, eval_batches
 from engine.eval.features import ExtractionSpec, extract_to_cache, load_cache, split_clips_and_views
 from engine.models import VisionTransformer, model_preset
@@ -105,7 +105,7 @@ def test_split_overlap_is_refused(shard_folder, tmp_path):
 def test_evaluate_encoder_reuses_results_and_caches(shard_folder, tmp_path):
     """End to end on the real loader: split check, extraction, probe; a rerun touches no loader."""
     from engine.eval.encoders import random_encoder
-    from engine.eval.evaluate import EvalConfig, evaluate_encoder
+    from engine.eval.encoder_eval import EvalConfig, evaluate_encoder
 
     loader_calls = []
 
@@ -132,7 +132,7 @@ def test_evaluate_encoder_reuses_results_and_caches(shard_folder, tmp_path):
 def test_multi_clip_multi_view_evaluation(shard_folder, tmp_path):
     """2 clips x 2 views through the real loader: tokens of both clips per view, views kept apart."""
     from engine.eval.encoders import random_encoder
-    from engine.eval.evaluate import EvalConfig, evaluate_encoder
+    from engine.eval.encoder_eval import EvalConfig, evaluate_encoder
 
     config = EvalConfig(benchmarks=("synth-diving",), probe_epochs=1, probe_batch_size=4, num_clips=2, num_views=2)
     stored = evaluate_encoder(random_encoder("mv", TINY, seed=0), config, shard_folder.parent, tmp_path / "cache",
@@ -145,7 +145,7 @@ def test_multi_clip_multi_view_evaluation(shard_folder, tmp_path):
 
 
 def test_probe_train_subset_is_class_balanced_and_independent_of_order():
-    from engine.eval.evaluate import probe_train_subset
+    from engine.eval.encoder_eval import probe_train_subset
     from engine.eval.features import CachedFeatures
 
     keys = [f"v_c{label}_g{g:02d}" for label in range(3) for g in range(10)]
@@ -167,7 +167,7 @@ def test_probe_train_per_class_is_in_the_result_key_and_limits_the_probe(shard_f
     from dataclasses import replace
 
     from engine.eval.encoders import random_encoder
-    from engine.eval.evaluate import EvalConfig, evaluate_encoder
+    from engine.eval.encoder_eval import EvalConfig, evaluate_encoder
 
     assert BENCHMARKS["synth-ucf"].probe_train_per_class == 50 and BENCHMARKS["ucf101"].probe_train_per_class is None
     config = EvalConfig(benchmarks=("synth-diving",), probe_epochs=1, probe_batch_size=4)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.eval.evaluate import EvalConfig
+from engine.eval.encoder_eval import EvalConfig
 from engine.eval.results import read_csv
 from engine.eval.runs import plan_runs
 from engine.eval.study import StudyConfig, parse_args, run_study

@@ -21,7 +21,7 @@ import yaml
 from data_fixtures import write_benchmark_folder
 from engine.eval.clips import eval_batches
 from engine.eval.encoders import pixel_encoder, random_encoder
-from engine.eval.evaluate import EvalConfig
+from engine.eval.encoder_eval import EvalConfig
 from engine.eval.evaluate import main as evaluate_main
 from engine.eval.learning_curve import choose_points, learning_curve
 from engine.eval.learning_curve import main as learning_curve_main

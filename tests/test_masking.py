@@ -71,7 +71,7 @@ def test_a_seed_fixes_the_masks(name):
 
 
 def test_multiblock_ratios_match_vjepa():
-    # anchors.md §1.2 (8 x 14 x 14 grid, batch 24): union ~62-63% (34-88%) short, ~81% (66-100%) long;
+    # V-JEPA's reported figures (8 x 14 x 14 grid, batch 24): union ~62-63% (34-88%) short, ~81% (66-100%) long;
     # after truncation context ~24% / ~6% and targets ~47% / ~70% of the tokens.
     grid, batch, batches = (8, 14, 14), 24, 40
     tokens = math.prod(grid)

@@ -189,8 +189,9 @@ def _ld_setup(hard_weighted: bool, paper_compat: bool = False, weight_scope: str
     grid = (3, 1, 2)
     student = torch.randn(2, 6, 4, requires_grad=True)
     target = torch.randn(2, 6, 4)
-    params = LatentDynamicsParams(hidden_dim=5, hard_weighted=hard_weighted, tau=0.5, weight_scope=weight_scope)
-    term = LatentDynamicsTerm(params, 4, paper_compat)
+    params = LatentDynamicsParams(hidden_dim=5, hard_weighted=hard_weighted, tau=0.5, weight_scope=weight_scope,
+                                  paper_compat=paper_compat)
+    term = LatentDynamicsTerm(params, 4)
     view = full_view(student, grid, target)
     return term, view, inputs_for(view, target, grid), student, target
 

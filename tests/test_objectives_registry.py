@@ -1,4 +1,4 @@
-"""The variant registry: names, coefficients against paper-spec §3, mask generators, recipe listings."""
+"""The variant registry: names, coefficients against docs/paper.md §3, mask generators, recipe listings."""
 import pytest
 
 from engine.masking import MASKING_REGISTRY
@@ -6,10 +6,10 @@ from engine.objectives import TERM_KINDS, VARIANTS, Term, Variant, build_objecti
 from engine.objectives.base import parse_params
 
 STUDY_ROWS = {
-    # mixed regime (paper-spec §3.1)
+    # mixed regime (docs/paper.md §3.1)
     "baseline", "motion_guided", "amg", "hw", "delta", "fwm", "ld", "fwm_ld", "hw_ld", "fwm_hw_ld", "combo",
     "spectral", "ltc", "ac", "ac_hw", "fac",
-    # single-dataset regime (paper-spec §3.2)
+    # single-dataset regime (docs/paper.md §3.2)
     "kinematic", "kinematic_0_1", "kinematic_accel", "kinematic_huber", "kinematic_split", "kinematic_anneal",
     "sigreg", "sigreg_no_ema", "hamiltonian", "velgate", "future_predictive", "motion_future",
 }

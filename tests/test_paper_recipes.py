@@ -79,7 +79,7 @@ def test_paper_motion_map_repeats_the_first_difference_for_frame_0(name):
 
 
 def released_motion_maps(video: torch.Tensor, grid) -> torch.Tensor:
-    """The released code's MaskCollator motion map (paper-spec §3.1), step by step."""
+    """The released code's MaskCollator motion map (docs/paper.md §3.1), step by step."""
     motion = (video[:, :, 1:] - video[:, :, :-1]).abs().mean(dim=1)
     motion = torch.cat([motion[:, :1], motion], dim=1).unsqueeze(1)
     motion = F.interpolate(motion, size=grid, mode="trilinear", align_corners=False).squeeze(1)

@@ -15,13 +15,8 @@ from engine.recipe import dump_recipe, load_recipe
 from engine.training import schedules
 from engine.training.ds_config import build_ds_config
 from engine.training.faults import NonFiniteGuard
-from engine.training.typed_yaml import (
-    ConfigError,
-    apply_overrides,
-    build_dataclass,
-    field_doc,
-    load_yaml_tree,
-)
+from engine.fields import field_doc
+from engine.training.typed_yaml import ConfigError, apply_overrides, build_dataclass, load_yaml_tree
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"

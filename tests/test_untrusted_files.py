@@ -306,7 +306,7 @@ def _rename_member(tar_path: Path, old: str, new: str) -> None:
 
 @pytest.mark.parametrize("crafted", ["../../evil.mp4", "/tmp/evil.json"])
 def test_evaluation_check_refuses_tar_members_outside_the_folder(shard_set, tmp_path, crafted):
-    from engine.eval.benchmarks import BENCHMARKS, check_benchmark
+    from engine.eval.eval_sets import BENCHMARKS, check_benchmark
     from engine.eval.errors import EvalInputError
 
     root = _copy_shards(shard_set, tmp_path)
@@ -323,7 +323,7 @@ def test_evaluation_check_refuses_tar_members_outside_the_folder(shard_set, tmp_
 
 
 def test_evaluation_check_passes_an_intact_shard_set(shard_set, tmp_path):
-    from engine.eval.benchmarks import BENCHMARKS, check_benchmark
+    from engine.eval.eval_sets import BENCHMARKS, check_benchmark
 
     assert check_benchmark(_copy_shards(shard_set, tmp_path), BENCHMARKS["synth-diving"]).split_check["train"] == 2
 

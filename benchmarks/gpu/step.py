@@ -2,13 +2,12 @@
 with the Triton kernels on and off.
 
 It builds what engine/train.py builds (encoder, predictor, JEPA losses of the variant, EMA target, mask
-generator, AdamW with the trainer's parameter groups, the recipe's micro-batches and gradient accumulation,
-activation checkpointing) and runs the trainer's step: masks, forward under bf16 autocast, backward,
-optimizer step, EMA update, with the trainer's timers (engine/training/metrics.StepTimer) and its FLOP count
-(Trainer._step_flops). What it leaves out, so that it runs where DeepSpeed and DALI are not installed:
-DeepSpeed (AdamW runs on fp32 weights under torch autocast instead of DeepSpeed's bf16 engine with fp32
-master weights; one GPU, so ZeRO would not shard anything), the collapse-alarm measurements and the
-metrics files. The batches are either synthetic clips already on the GPU (`--data synthetic`, the default:
+generator, AdamW over the model's parameter groups, the recipe's micro-batches and gradient accumulation,
+activation checkpointing) and runs the trainer's own step function, engine.training.step.train_step: masks,
+forward under bf16 autocast, backward, optimizer step, EMA update, with its timers and FLOP count. What it
+leaves out, so that it runs where DeepSpeed and DALI are not installed: DeepSpeed (engine.training.torch_engine
+runs AdamW on fp32 weights under torch autocast instead of DeepSpeed's bf16 engine with fp32 master weights;
+one GPU, so ZeRO would not shard anything), the collapse-alarm measurements and the metrics files. The batches are either synthetic clips already on the GPU (`--data synthetic`, the default:
 the step alone, no data stall) or come through the real loader (`--data loader`, DALI on the shards).
 benchmarks/train_step.py measures the real loop (DeepSpeed + loader) where both are installed.
 
@@ -32,7 +31,6 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
@@ -103,7 +101,7 @@ class SyntheticClips:
 
     def next(self):
         self.i += 1
-        return self.batches[self.i % 2]
+        return {"video": self.batches[self.i % 2]}
 
     def close(self):
         self.batches = []
@@ -121,7 +119,7 @@ class LoaderClips:
         self.device = device
 
     def next(self):
-        return self.loader.next_batch()["video"].to(self.device, non_blocking=True)
+        return self.loader.next_batch()
 
     def close(self):
         self.loader.close()
@@ -135,15 +133,16 @@ def dataset_overrides(shards: str) -> list[str]:
 
 
 def run_one(run: dict, args, torch, device, deadline: float) -> dict:
-    """Build the variant's model and optimizer, run warmup + steps, return medians per step."""
-    from engine.models import Predictor, VisionTransformer, encoder_flops, make_ema_target, predictor_flops
+    """Build the variant's model and optimizer, run warmup + steps of engine.training.step.train_step, return
+    medians per step."""
+    from engine.models import Predictor, VisionTransformer, make_ema_target
     from engine.jepa import JEPA
     from engine.masking import build_mask_generator
     from engine.objectives.registry import resolve_variant
     from engine.recipe import load_recipe
-    from engine.train import Trainer, _mask_seed
     from engine.training.ds_config import resolve_precision
-    from engine.training.metrics import StepTimer, peak_flops
+    from engine.training.step import StepParts, train_step
+    from engine.training.torch_engine import TorchEngine
     from kernels import use_backend
 
     overrides = list(args.overrides) + (dataset_overrides(args.shards) if args.data == "loader" else [])
@@ -157,26 +156,19 @@ def run_one(run: dict, args, torch, device, deadline: float) -> dict:
     torch.manual_seed(r.run.seed)
     variant = resolve_variant(r.objective.spec())
     masks_gen = build_mask_generator(r.masking, default=variant.mask_generator)
-    grid = r.model.grid
     encoder = VisionTransformer(r.model)
-    predictor = Predictor(r.predictor, in_dim=encoder.out_dim, grid=grid, num_mask_tokens=masks_gen.num_mask_configs)
+    predictor = Predictor(r.predictor, in_dim=encoder.out_dim, grid=r.model.grid,
+                          num_mask_tokens=masks_gen.num_mask_configs)
     jepa = JEPA(encoder, predictor, variant, r.loss).to(device)
     target = make_ema_target(encoder).to(device)
     encoder.set_grad_checkpointing(r.parallel.activation_checkpointing and run["act_ckpt"])
-    decay, no_decay = [], []
-    for name, param in jepa.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim <= 1 or name.endswith("mask_tokens") else decay).append(param)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": r.optim.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=r.optim.lr, betas=r.optim.betas, eps=r.optim.eps, fused=cuda)
-    params = [p for p in jepa.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(jepa.param_groups(r.optim.weight_decay), lr=r.optim.lr, betas=r.optim.betas,
+                                  eps=r.optim.eps, fused=cuda)
     source = (SyntheticClips(torch, r, device, dtype) if args.data == "synthetic"
               else LoaderClips(r, device, "bfloat16" if precision == "bf16" else "float32"))
-    flops_of = SimpleNamespace(recipe=r, jepa=jepa)          # Trainer._step_flops reads .recipe and .jepa
-    timer = StepTimer(device)
-    peak = peak_flops(device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    parts = StepParts(TorchEngine(jepa, optimizer, accum, r.optim.grad_clip), jepa, target, masks_gen, source.next,
+                      r, accum, device, precision=precision)
+    peak = parts.peak
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
@@ -187,35 +179,12 @@ def run_one(run: dict, args, torch, device, deadline: float) -> dict:
             for step in range(args.warmup + args.steps):
                 if step >= args.warmup + 2 and time.perf_counter() > deadline:
                     break                                           # out of budget: keep what was measured
-                timer.reset()
-                step_start = time.perf_counter()
-                flops = 0.0
-                for micro in range(accum):
-                    with timer.section("data"):
-                        video = source.next()
-                    with timer.section("masks"):
-                        generator = torch.Generator(device=device)
-                        generator.manual_seed(_mask_seed(r.run.seed, 0, step, micro))
-                        masks = masks_gen(video.shape[0], grid, generator, video)
-                    with timer.section("compute"):
-                        with autocast:
-                            out = jepa(video, masks, step, target_encoder=target)
-                        total = out["total"]
-                        nonfinite += not bool(torch.isfinite(total.detach()).item())
-                        (total / accum).backward()
-                        values = {k: float(v.detach()) for k, v in out.items()}   # the trainer's host syncs
-                        flops += Trainer._step_flops(flops_of, masks, video.shape[0], encoder_flops, predictor_flops)
-                with timer.section("optimizer"):
-                    if r.optim.grad_clip > 0:
-                        torch.nn.utils.clip_grad_norm_(params, r.optim.grad_clip)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                with timer.section("ema"):
-                    jepa.update_target(target, r.ema.momentum)
-                wall = time.perf_counter() - step_start
-                losses.append(values["total"])
+                row = train_step(parts, step)
+                losses.append(row["loss"])
+                nonfinite += int(row["nonfinite"])
                 if step >= args.warmup:
-                    rows.append({"wall": wall, "flops": flops, **{k: timer.times.get(k, 0.0) for k in SECTIONS}})
+                    rows.append({"wall": row["time.wall"], "flops": row["tflops_per_s"] * 1e12 * row["time.wall"],
+                                 **{k: row.get(f"time.{k}", 0.0) for k in SECTIONS}})
     finally:
         source.close()
     if not rows:

@@ -23,13 +23,12 @@ import os
 
 import numpy as np
 import torch
-from nvidia.dali.plugin.pytorch import feed_ndarray
 
 from engine.data.augment import crop_flip_resize_batch
 from engine.data.config import LoaderConfig, resize_in_graph
 from engine.data.index import check_decodable, load_dataset_index
 from engine.data.pipeline import (META_DATASET, META_ROI, META_ROW, META_STEP, META_SUBSTITUTED, META_VALID,
-                                  DecodeProbe, build_pipeline)
+                                  DecodeProbe, build_pipeline, dense_to_torch)
 from engine.data.sampler import ClipSampler
 
 log = logging.getLogger(__name__)
@@ -154,12 +153,8 @@ class VideoLoader:
                 clips = crop_flip_resize_batch(samples, meta[:, META_ROI], self.cfg.num_frames, self.cfg.crop_size,
                                                dtype=torch.float32)                     # levels 0..255
                 return normalise_clips(clips, self._scale, self._shift, _TORCH_DTYPES[self.cfg.dtype])
-        dense = video_list.as_tensor()
-        clips = torch.empty(dense.shape(), dtype=torch.uint8, device=self._torch_device)
-        # One copy out of DALI's reusable buffer: device to device on PyTorch's stream with a GPU (the batch
-        # never visits host memory), a plain memcpy on the CPU (no OpenMP team for a copy on busy cores).
         stream = torch.cuda.current_stream(self._torch_device) if self.decode_device == "mixed" else None
-        feed_ndarray(dense, clips, cuda_stream=stream)
+        clips = dense_to_torch(video_list, self._torch_device, stream)
         if self.decode_device == "mixed":
             return normalise_clips(clips, self._scale, self._shift, _TORCH_DTYPES[self.cfg.dtype])
         with _one_torch_thread():

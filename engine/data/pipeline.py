@@ -174,6 +174,19 @@ def _build_clip_graph(source, decode_device, device_id, has_videos, has_images, 
 AUTOGRAPH_MODULE_PREFIX = "__autograph_generated_file"
 
 
+def dense_to_torch(output, device, stream=None):
+    """A pipeline output of equal-shape samples as one uint8 torch tensor on `device`. One copy out of DALI's
+    reusable buffer: device to device on PyTorch's stream with a GPU (the batch never visits host memory), a
+    plain memcpy on the CPU (no OpenMP team for a copy on busy cores)."""
+    import torch
+    from nvidia.dali.plugin.pytorch import feed_ndarray
+
+    dense = output.as_tensor()
+    clips = torch.empty(dense.shape(), dtype=torch.uint8, device=device)
+    feed_ndarray(dense, clips, cuda_stream=stream)
+    return clips
+
+
 def remove_autograph_sources() -> None:
     """Delete the source files of the graph functions DALI's autograph converted in this process.
 

@@ -6,8 +6,9 @@
     pixel_baseline.py  the random patch embedding without blocks (what raw pixels give a probe)
     probes.py       attentive (V-JEPA), the paper's CLS probe, linear
     probe_train.py  multi-head lr x wd sweep trained in one loop, top-1 / top-5
-    benchmarks.py   the benchmark protocol table and the split-overlap check
-    evaluate.py     one encoder on a list of benchmarks (resumable); `--baselines --probe-seeds 3`
+    eval_sets.py    the evaluation datasets (benchmarks) with their probe protocols; the split-overlap check
+    encoder_eval.py one encoder on a list of benchmarks, one probe seed (resumable)
+    evaluate.py     `python -m engine.eval.evaluate <export>`: the command over encoder_eval and probe_seeds
     probe_seeds.py  an encoder over several probe seeds (mean, 95% interval) beside its two references
     learning_curve.py  `python -m engine.eval.learning_curve runs/<run>`: checkpoints probed vs steps
     runs.py         the study's pretraining runs and training what is missing

@@ -2,7 +2,7 @@
 
 A run's export (`runs/<name>/encoder.safetensors`, engine.export) already holds the encoder that was
 actually trained (`trained_encoder` = EMA "target_encoder", or the online "encoder" of a run without
-EMA: paper-spec §8.4), so evaluation never reads a raw checkpoint key. The random-init reference is the
+EMA: docs/paper.md §6.3), so evaluation never reads a raw checkpoint key. The random-init reference is the
 same architecture built from the same ModelConfig with a seed and never trained: the row that tells
 what the probes get from the architecture and the data alone. The pixel baseline (engine.eval.pixel_baseline)
 is that random encoder's patch embedding without its blocks: what the probes get from the pixels alone.

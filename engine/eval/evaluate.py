@@ -1,195 +1,24 @@
-"""Frozen evaluation of one encoder on a list of benchmarks: check splits, extract once, train the probes.
-
-Results go to `<results_dir>/<encoder name>.json` (`<name>.probe_seed<k>.json` for probe seed k > 0), one
-entry per benchmark; an entry made with the same encoder weights and the same EvalConfig is reused, so an
-interrupted study re-runs only what is missing.
-Feature caches live under `<cache_root>/<weights fingerprint>/` and are shared by every probe.
+"""`python -m engine.eval.evaluate`: probe one exported encoder on a list of benchmarks, optionally over
+several probe seeds and beside its two references (random init, pixel baseline), and print the table.
 
     python -m engine.eval.evaluate runs/demo_ucf_baseline/encoder.safetensors --benchmarks synth
     python -m engine.eval.evaluate runs/demo_ucf_baseline/encoder.safetensors --benchmarks synth-ucf \
         --baselines --probe-seeds 3     # + random init and pixel baseline, mean and 95% interval over 3 probe seeds
+
+The work is engine/eval/encoder_eval.py (one encoder, one probe seed) and engine/eval/probe_seeds.py (seeds
+and references); this file only reads the command line.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import os
 import sys
-from collections import Counter
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
-import torch
-
-from .benchmarks import SUITES, Benchmark, CheckedBenchmark, ProbeProtocol, check_benchmark, resolve_benchmarks
-from .clips import encoder_forward, eval_batches
-from .encoders import EncoderSource
+from .eval_sets import resolve_benchmarks
+from .encoder_eval import EvalConfig, limit_cpu_threads
+from .encoders import EncoderSource, export_model_config
 from .errors import EvalInputError
-from .features import CachedFeatures, ExtractionSpec, cache_is_complete, extract_to_cache, load_cache
-from .probe_train import ProbeTrainConfig, train_probe_sweep
-
-# (folder, split, spec, batch_size) -> (batches, number of batches); the real loader by default.
-BatchSource = Callable[[Path, str, ExtractionSpec, int], tuple[Iterator[dict], int]]
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """Evaluation settings shared by every encoder of a study (so every row is probed alike)."""
-
-    benchmarks: tuple[str, ...] = SUITES["synth"]  # benchmark names (see engine/eval/benchmarks.py)
-    probe_epochs: int | None = None  # epochs for every probe; None = each benchmark's paper value (100 / 50)
-    probe_batch_size: int | None = None  # probe batch for every benchmark; None = each benchmark's paper value
-    lr: float = 1e-3  # protocol head learning rate (the paper)
-    weight_decay: float = 0.01  # protocol head weight decay (the paper)
-    sweep_lrs: tuple[float, ...] = ()  # extra lrs of the multi-head sweep, e.g. (5e-3, 3e-4, 1e-4)
-    sweep_wds: tuple[float, ...] = ()  # extra weight decays of the sweep, e.g. (0.1, 0.4)
-    num_clips: int = 1  # temporal clips per video (the paper: 1)
-    num_views: int = 1  # spatial views per clip (the paper: 1)
-    extract_batch_size: int = 16  # clips per encoder forward during extraction
-    probe_seed: int = 0  # seed of the probe heads and batch order
-    skip_probes: tuple[str, ...] = ()  # "benchmark:probe" pairs not to train, e.g. ("synth-ssv2:attentive",)
-
-    def probe_config(self, benchmark: Benchmark) -> ProbeTrainConfig:
-        return ProbeTrainConfig(epochs=self.probe_epochs or benchmark.epochs,
-                                batch_size=self.probe_batch_size or benchmark.batch_size,
-                                lr=self.lr, weight_decay=self.weight_decay, sweep_lrs=self.sweep_lrs,
-                                sweep_wds=self.sweep_wds, seed=self.probe_seed)
-
-    def active_probes(self, benchmark: Benchmark) -> list[ProbeProtocol]:
-        return [p for p in benchmark.probes if f"{benchmark.name}:{p.name}" not in self.skip_probes]
-
-    def pooling(self, benchmark: Benchmark) -> str:
-        """Cache all tokens only when a probe that will run reads them (real SSv2 tokens take ~400 GB)."""
-        return "tokens" if any(p.pooling == "tokens" for p in self.active_probes(benchmark)) else "mean"
-
-    def key(self, benchmark: Benchmark) -> dict:
-        """What must match for a stored result of this benchmark to be reused."""
-        probes = [asdict(p) for p in self.active_probes(benchmark)]
-        key = {"probe": asdict(self.probe_config(benchmark)), "clips": self.num_clips, "views": self.num_views,
-               "probes": probes, "folder": benchmark.folder, "splits": [benchmark.train_split, benchmark.test_split]}
-        if benchmark.probe_train_per_class is not None:  # absent otherwise: older results stay reusable
-            key["probe_train_per_class"] = benchmark.probe_train_per_class
-        return json.loads(json.dumps(key))  # as stored: tuples become lists, so stored keys compare equal
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def _real_loader(folder: Path, split: str, spec: ExtractionSpec, batch_size: int):
-    return eval_batches(folder, split, spec, batch_size=batch_size)
-
-
-def pool_for_probe(cached: CachedFeatures, pooling: str) -> CachedFeatures:
-    """Mean-pooled view of a token cache for probes that read one pooled token."""
-    if pooling == "tokens" or cached.features.shape[2] == 1:
-        return cached
-    pooled = cached.features.float().mean(dim=2, keepdim=True).to(torch.float16)  # [n, V, 1, D]
-    return CachedFeatures(features=pooled, labels=cached.labels, keys=cached.keys, meta=cached.meta)
-
-
-def probe_train_subset(cached: CachedFeatures, per_class: int | None) -> CachedFeatures:
-    """The first `per_class` samples of each class in the order of sha256(key) (all when None), kept in cache
-    order: a class-balanced subset that depends on the keys alone, so every encoder and probe seed gets it."""
-    if per_class is None:
-        return cached
-    taken: Counter = Counter()
-    chosen = []
-    for i in sorted(range(len(cached.keys)), key=lambda i: hashlib.sha256(cached.keys[i].encode()).hexdigest()):
-        label = int(cached.labels[i])
-        if taken[label] < per_class:
-            taken[label] += 1
-            chosen.append(i)
-    index = torch.tensor(sorted(chosen), dtype=torch.long)
-    return CachedFeatures(features=cached.features[index], labels=cached.labels[index],
-                          keys=[cached.keys[i] for i in index.tolist()], meta=cached.meta)
-
-
-def evaluate_encoder(
-    source: EncoderSource,
-    config: EvalConfig,
-    shards_root: str | Path,
-    cache_root: str | Path,
-    results_dir: str | Path,
-    batch_source: BatchSource = _real_loader,
-    device: torch.device | None = None,
-) -> dict:
-    """Evaluate `source` on every benchmark of `config`; returns (and stores) {benchmark: entry}."""
-    device = device or default_device()
-    results_path = Path(results_dir) / results_file_name(source.name, config.probe_seed)
-    source.check()
-    fingerprint = source.fingerprint()
-    stored = json.loads(results_path.read_text()) if results_path.exists() else {}
-    if stored.get("fingerprint") != fingerprint:
-        stored = {"fingerprint": fingerprint, "encoder": source.describe(), "benchmarks": {}}
-    todo = []
-    for benchmark in resolve_benchmarks(list(config.benchmarks)):
-        key = config.key(benchmark)
-        previous = stored["benchmarks"].get(benchmark.name)
-        if previous is None or previous.get("key") != key:
-            todo.append((benchmark, key))
-    # Every benchmark's inputs are checked before the first extraction: a folder missing for the last
-    # benchmark must stop the evaluation now, not after the features of the first.
-    checked = [(check_benchmark(shards_root, benchmark), key) for benchmark, key in todo]
-    encoder = source.load(device) if checked else None
-    for inputs, key in checked:
-        stored["benchmarks"][inputs.benchmark.name] = _evaluate_benchmark(
-            encoder, fingerprint, inputs, config, key, Path(cache_root), batch_source, device, source.name)
-        _write_json(results_path, stored)  # after every benchmark, so an interruption loses at most one
-    _write_json(results_path, stored)
-    return json.loads(results_path.read_text())  # the same form whether computed now or reused
-
-
-def results_file_name(encoder_name: str, probe_seed: int) -> str:
-    """Probe seed 0 keeps the study's `<name>.json`; every other seed has a file of its own, so the result
-    of each seed is stored and reused rather than overwriting the others."""
-    return f"{encoder_name}.json" if probe_seed == 0 else f"{encoder_name}.probe_seed{probe_seed}.json"
-
-
-def _evaluate_benchmark(encoder, fingerprint: str, inputs: CheckedBenchmark, config: EvalConfig, key: dict,
-                        cache_root: Path, batch_source: BatchSource, device, encoder_name: str) -> dict:
-    benchmark, folder = inputs.benchmark, inputs.folder
-    split_check, classes = inputs.split_check, inputs.num_classes
-    spec = ExtractionSpec(num_frames=encoder.cfg.num_frames, crop_size=encoder.cfg.img_size,
-                          num_clips=config.num_clips, num_views=config.num_views, pooling=config.pooling(benchmark))
-    caches = {}
-    for split in (benchmark.train_split, benchmark.test_split):
-        cache_dir = cache_root / fingerprint / benchmark.folder / f"{split}-{spec.pooling}-{spec.num_clips}x{spec.num_views}"
-        request = {"encoder": fingerprint, "folder": str(folder.resolve()), "split": split, "spec": asdict(spec)}
-        if not cache_is_complete(cache_dir, request):  # building a loader costs seconds: only when needed
-            batches, total = batch_source(folder, split, spec, config.extract_batch_size)
-            extract_to_cache(encoder_forward(encoder, device), batches, cache_dir, spec, request, total,
-                             description=f"{encoder_name} {benchmark.name} {split}")
-        caches[split] = load_cache(cache_dir)
-    train, test = caches[benchmark.train_split], caches[benchmark.test_split]
-    shared = set(train.keys) & set(test.keys)
-    if shared:
-        raise ValueError(f"{folder}: extracted train and test features share key {sorted(shared)[0]!r}; rebuild the shards")
-    train = probe_train_subset(train, benchmark.probe_train_per_class)  # the cache stays whole
-    probes = {}
-    for protocol in config.active_probes(benchmark):
-        result = train_probe_sweep(pool_for_probe(train, protocol.pooling), pool_for_probe(test, protocol.pooling),
-                                   protocol.arch, config.probe_config(benchmark), classes,
-                                   description=f"{encoder_name} {benchmark.name} {protocol.name}")
-        probes[protocol.name] = result.as_dict()
-    return {"key": key, "split_check": split_check, "num_classes": classes, "probes": probes,
-            "extraction": asdict(spec)}
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(data, indent=1))
-    os.replace(temporary, path)
-
-
-def limit_cpu_threads() -> None:
-    """On a CPU-only machine leave one core to DALI's decode threads, as engine/train.py does: an OpenMP
-    team competing with them for 2 busy cores made a probe epoch ~25x slower (issue 7 measurements)."""
-    if not torch.cuda.is_available():
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
+from .probe_seeds import evaluate_probe_seeds, format_table, reference_sources
 
 
 def positive_int(text: str) -> int:
@@ -216,9 +45,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="init seed of the baselines (default: run.seed of the recipe.yaml beside the export, "
                              "else 0)")
     args = parser.parse_args(argv)
-    from .encoders import export_model_config
-    from .probe_seeds import evaluate_probe_seeds, format_table, reference_sources  # builds on this module
-
     limit_cpu_threads()
     run_name = Path(args.export).parent.name
     out = Path(args.out)

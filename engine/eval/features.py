@@ -24,6 +24,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from engine.fields import field_doc
+
 FORMAT_VERSION = 1
 POOLINGS = ("tokens", "mean")
 
@@ -32,12 +34,12 @@ POOLINGS = ("tokens", "mean")
 class ExtractionSpec:
     """What one cache holds; two requests with equal specs and encoder ids share the cache."""
 
-    num_frames: int = 16  # T, frames per clip fed to the encoder
-    crop_size: int = 224  # side of the square crop fed to the encoder
-    num_clips: int = 1  # temporal segments per video (the paper: 1)
-    num_views: int = 1  # spatial views per clip (the paper: 1, the centre crop)
-    pooling: str = "tokens"  # "tokens": keep all S*N tokens; "mean": store only their mean [1, D]
-    chunk_size: int = 256  # samples per safetensors chunk
+    num_frames: int = field_doc(16, "T, frames per clip fed to the encoder.")
+    crop_size: int = field_doc(224, "Side of the square crop fed to the encoder.")
+    num_clips: int = field_doc(1, "Temporal segments per video (the paper: 1).")
+    num_views: int = field_doc(1, "Spatial views per clip (the paper: 1, the centre crop).")
+    pooling: str = field_doc("tokens", "'tokens': keep all S*N tokens; 'mean': store only their mean [1, D].")
+    chunk_size: int = field_doc(256, "Samples per safetensors chunk.")
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:

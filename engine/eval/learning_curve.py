@@ -27,10 +27,10 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from .benchmarks import resolve_benchmarks
+from .eval_sets import resolve_benchmarks
 from .encoders import EncoderSource
 from .errors import EvalInputError
-from .evaluate import BatchSource, EvalConfig, limit_cpu_threads
+from .encoder_eval import BatchSource, EvalConfig, limit_cpu_threads
 from .probe_seeds import PIXEL_BASELINE, RANDOM_INIT, evaluate_probe_seeds, format_interval, reference_sources
 from .stats import MeanInterval
 

@@ -4,7 +4,7 @@ Probe noise is large at demo scale (random init alone spans 25-33% top-1 over pr
 clips), so a number from one probe seed says little: every row here is the mean over probe seeds 0..n-1
 with the 95% t-interval of that mean. The references are the encoders an SSL encoder must beat: the
 random init of the same architecture and seed, and the pixel baseline (its patch embedding alone). Each
-seed's evaluation is stored and reused (engine.eval.evaluate), and all seeds share one feature cache.
+seed's evaluation is stored and reused (engine.eval.encoder_eval), and all seeds share one feature cache.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from .encoders import EncoderSource, pixel_encoder, random_encoder
-from .evaluate import BatchSource, EvalConfig, evaluate_encoder
+from .encoder_eval import BatchSource, EvalConfig, evaluate_encoder
 from .stats import MeanInterval, mean_interval
 
 RANDOM_INIT, PIXEL_BASELINE = "random init", "pixel baseline"

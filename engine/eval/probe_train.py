@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from engine.fields import field_doc
+
 from .features import CachedFeatures
 from .probes import ProbeArch, average_view_probabilities, build_probe, topk_correct
 
@@ -28,15 +30,16 @@ from .probes import ProbeArch, average_view_probabilities, build_probe, topk_cor
 class ProbeTrainConfig:
     """Optimisation of the probe heads; every run of a study uses the same config."""
 
-    epochs: int = 20  # passes over the training features, the same for every encoder
-    batch_size: int = 16  # samples per step (the paper: 16 for the attentive probes)
-    lr: float = 1e-3  # learning rate of the protocol head (the paper: 1e-3)
-    weight_decay: float = 0.01  # AdamW weight decay of the protocol head (the paper: 0.01)
-    sweep_lrs: tuple[float, ...] = ()  # extra learning rates of the multi-head sweep (empty: protocol head only)
-    sweep_wds: tuple[float, ...] = ()  # extra weight decays of the sweep, crossed with the learning rates
-    seed: int = 0  # seeds head initialisation and batch order
-    eval_batch_size: int = 256  # samples per forward when scoring
-    standardize: bool = True  # scale features per channel by the training split's mean/std (see below)
+    epochs: int = field_doc(20, "Passes over the training features, the same for every encoder.")
+    batch_size: int = field_doc(16, "Samples per step (the paper: 16 for the attentive probes).")
+    lr: float = field_doc(1e-3, "Learning rate of the protocol head (the paper: 1e-3).")
+    weight_decay: float = field_doc(0.01, "AdamW weight decay of the protocol head (the paper: 0.01).")
+    sweep_lrs: tuple[float, ...] = field_doc(
+        (), "Extra learning rates of the multi-head sweep (empty: protocol head only).")
+    sweep_wds: tuple[float, ...] = field_doc((), "Extra weight decays of the sweep, crossed with the learning rates.")
+    seed: int = field_doc(0, "Seeds head initialisation and batch order.")
+    eval_batch_size: int = field_doc(256, "Samples per forward when scoring.")
+    standardize: bool = field_doc(True, "Scale features per channel by the training split's mean/std (see below).")
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .benchmarks import BENCHMARKS
+from .eval_sets import BENCHMARKS
 from .plots import plot_regime_deltas, plot_tradeoff
 from .results import (PIXEL_VARIANT, RANDOM_VARIANT, REFERENCE_VARIANTS, baseline_deltas, mean_std_text,
                       question_benchmark, regime_deltas, variants_in_order)

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .benchmarks import BENCHMARKS
+from .eval_sets import BENCHMARKS
 from .stats import PairedDelta, mean_and_std, paired_delta
 
 COLUMNS = ("encoder", "kind", "variant", "regime", "seed", "benchmark", "mirrors", "axis", "probe", "headline",
@@ -34,7 +34,7 @@ class EncoderInfo:
 
 
 def rows_from_evaluation(info: EncoderInfo, stored: dict) -> list[dict]:
-    """Flatten one encoder's stored evaluation (engine.eval.evaluate) into results rows."""
+    """Flatten one encoder's stored evaluation (engine.eval.encoder_eval) into results rows."""
     rows = []
     trained_encoder = stored.get("encoder", {}).get("trained_encoder", "")
     for bench_name, entry in stored["benchmarks"].items():

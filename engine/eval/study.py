@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -29,10 +29,12 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from .benchmarks import resolve_benchmarks
+from engine.fields import field_doc
+
+from .eval_sets import resolve_benchmarks
 from .encoders import EncoderSource, export_model_config, pixel_encoder, random_encoder, run_encoder
 from .errors import EvalInputError
-from .evaluate import EvalConfig, evaluate_encoder, limit_cpu_threads
+from .encoder_eval import EvalConfig, evaluate_encoder, limit_cpu_threads
 from .report import write_report
 from .results import HEAD_COLUMNS, PIXEL_VARIANT, RANDOM_VARIANT, EncoderInfo, head_rows_from_evaluation, rows_from_evaluation, write_csv
 from .runs import RunPlan, TrainFn, plan_runs, train_missing, train_with_entry_point
@@ -46,11 +48,11 @@ VJEPA_SWEEP_WDS = (0.01, 0.1, 0.4, 0.8)
 class ScaleDefaults:
     """What `--scale` picks unless a flag overrides it."""
 
-    recipes_dir: str  # folder of <regime>_<variant>.yaml recipes
-    benchmarks: str  # benchmark suite or list
-    probe_epochs: int | None  # epochs of every probe (None: the paper's per benchmark)
-    probe_batch_size: int | None  # batch of every probe (None: the paper's per benchmark)
-    notes: tuple[str, ...]  # what a study at this scale cannot show, for the report
+    recipes_dir: str = field_doc(doc="Folder of <regime>_<variant>.yaml recipes.")
+    benchmarks: str = field_doc(doc="Benchmark suite or list.")
+    probe_epochs: int | None = field_doc(doc="Epochs of every probe (None: the paper's per benchmark).")
+    probe_batch_size: int | None = field_doc(doc="Batch of every probe (None: the paper's per benchmark).")
+    notes: tuple[str, ...] = field_doc(doc="What a study at this scale cannot show, for the report.")
 
 
 SCALES = {
@@ -74,20 +76,20 @@ SCALES = {
 class StudyConfig:
     """One study: which runs, where things go, how encoders are evaluated."""
 
-    variants: list[str]  # objective variants (recipe names <regime>_<variant>.yaml)
-    regimes: list[str]  # "ucf" and/or "mixed"
-    seeds: list[int]  # pretraining seeds; every variant and regime gets each
-    scale: str  # key of SCALES
-    out: Path  # results.csv, REPORT.md, plots, evals/, recipes/, logs/
-    runs_dir: Path = Path("runs")  # parent of the run folders
-    cache_dir: Path = Path("runs/_features")  # fp16 feature caches (large; not for the repository)
-    shards_root: Path = Path("data/shards")  # parent of the benchmark shard folders
-    recipes_dir: Path | None = None  # None: the scale's
-    train_overrides: tuple[str, ...] = ()  # --set key=value for every training run
-    evaluation: EvalConfig = field(default_factory=EvalConfig)  # probe protocol shared by every encoder
-    random_init: bool = True  # evaluate a random-init encoder per seed as a reference row
-    pixel_baseline: bool = True  # evaluate the pixel baseline (patch embedding, no blocks) per seed as a reference row
-    command: str = ""  # the command line, for the report
+    variants: list[str] = field_doc(doc="Objective variants (recipe names <regime>_<variant>.yaml).")
+    regimes: list[str] = field_doc(doc="'ucf' and/or 'mixed'.")
+    seeds: list[int] = field_doc(doc="Pretraining seeds; every variant and regime gets each.")
+    scale: str = field_doc(doc="Key of SCALES.")
+    out: Path = field_doc(doc="results.csv, REPORT.md, plots, evals/, recipes/, logs/.")
+    runs_dir: Path = field_doc(Path("runs"), "Parent of the run folders.")
+    cache_dir: Path = field_doc(Path("runs/_features"), "fp16 feature caches (large; not for the repository).")
+    shards_root: Path = field_doc(Path("data/shards"), "Parent of the benchmark shard folders.")
+    recipes_dir: Path | None = field_doc(None, "None: the scale's.")
+    train_overrides: tuple[str, ...] = field_doc((), "--set key=value for every training run.")
+    evaluation: EvalConfig = field_doc(factory=EvalConfig, doc="Probe protocol shared by every encoder.")
+    random_init: bool = field_doc(True, "Evaluate a random-init encoder per seed as a reference row.")
+    pixel_baseline: bool = field_doc(True, "Evaluate the pixel baseline (patch embedding, no blocks) per seed as a reference row.")
+    command: str = field_doc("", "The command line, for the report.")
 
     @property
     def prefix(self) -> str:

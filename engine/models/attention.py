@@ -3,7 +3,7 @@
 PyTorch SDPA is always available (flash / memory-efficient kernels on CUDA, a fused kernel on CPU).
 xformers' memory-efficient attention is used only when it is installed AND a tiny probe call succeeds on
 the device type at hand: its wheels are CUDA-only and often built for another torch/CUDA, so an import
-alone proves nothing (stack.md §6). The decision is made once per device type and logged in one line.
+alone proves nothing. The decision is made once per device type and logged in one line.
 """
 from __future__ import annotations
 

@@ -6,7 +6,9 @@ and `model_preset("base")` is the paper's ViT-B/16 at 224 px and 16 frames.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from engine.fields import above, at_least, check_fields, field_doc, one_of
 
 POSITION_KINDS = ("rope", "sincos")
 
@@ -15,14 +17,10 @@ def _as_int_tuple(value) -> tuple[int, ...] | None:
     return None if value is None else tuple(int(v) for v in value)
 
 
-def _check(condition: bool, message: str) -> None:
+def _require(condition: bool, message: str) -> None:
+    """A check that involves several fields (single-field ranges are declared with the field)."""
     if not condition:
         raise ValueError(message)
-
-
-def _doc(default, doc: str):
-    """A dataclass field whose one-line doc is kept in its metadata (recipe `--describe` prints it)."""
-    return field(default=default, metadata={"doc": doc})
 
 
 def default_out_layers(depth: int, levels: int = 4) -> tuple[int, ...]:
@@ -32,60 +30,65 @@ def default_out_layers(depth: int, levels: int = 4) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class BlockStackConfig:
+    """What the encoder's and the predictor's stacks of transformer blocks are both configured by."""
+
+    mlp_ratio: float = field_doc(4.0, "MLP hidden width as a multiple of the token width", valid=above(0))
+    qkv_bias: bool = field_doc(True, "bias on the fused q/k/v projection")
+    norm_eps: float = field_doc(1e-6, "LayerNorm epsilon", valid=above(0))
+    pos_embed: str = field_doc("rope", "'rope' (3D rotary on q/k, the paper) or 'sincos' (fixed additive 3D sin-cos)",
+                               valid=one_of(*POSITION_KINDS))
+    rope_theta: float = field_doc(10000.0, "RoPE base frequency", valid=above(0))
+    init_std: float = field_doc(0.02, "std of the truncated-normal weight init", valid=above(0))
+
+
+@dataclass(frozen=True)
+class ModelConfig(BlockStackConfig):
     """Video ViT encoder. The defaults are the paper's ViT-B/16 at 224 px, 16 frames, tubelet 2, RoPE."""
 
-    img_size: int = _doc(224, "side of the square input crop in pixels; a multiple of patch_size")
-    num_frames: int = _doc(16, "frames per clip; a multiple of tubelet_size")
-    patch_size: int = _doc(16, "spatial side of one patch in pixels")
-    tubelet_size: int = _doc(2, "frames merged into one token")
-    in_chans: int = _doc(3, "input channels (RGB)")
-    embed_dim: int = _doc(768, "token width; a multiple of num_heads")
-    depth: int = _doc(12, "number of transformer blocks")
-    num_heads: int = _doc(12, "attention heads per block")
-    mlp_ratio: float = _doc(4.0, "MLP hidden width as a multiple of embed_dim")
-    qkv_bias: bool = _doc(True, "bias on the fused q/k/v projection")
-    norm_eps: float = _doc(1e-6, "LayerNorm epsilon")
-    pos_embed: str = _doc("rope", "'rope' (3D rotary on q/k, the paper) or 'sincos' (fixed additive 3D sin-cos)")
-    rope_theta: float = _doc(10000.0, "RoPE base frequency")
-    out_layers: tuple[int, ...] | None = _doc(
+    img_size: int = field_doc(224, "side of the square input crop in pixels; a multiple of patch_size", valid=at_least(1))
+    num_frames: int = field_doc(16, "frames per clip; a multiple of tubelet_size", valid=at_least(1))
+    patch_size: int = field_doc(16, "spatial side of one patch in pixels", valid=at_least(1))
+    tubelet_size: int = field_doc(2, "frames merged into one token", valid=at_least(1))
+    in_chans: int = field_doc(3, "input channels (RGB)", valid=at_least(1))
+    embed_dim: int = field_doc(768, "token width; a multiple of num_heads", valid=at_least(1))
+    depth: int = field_doc(12, "number of transformer blocks", valid=at_least(1))
+    num_heads: int = field_doc(12, "attention heads per block", valid=at_least(1))
+    out_layers: tuple[int, ...] | None = field_doc(
         None, "blocks whose LayerNormed outputs are concatenated for the losses; None = 4 evenly spaced, "
-        "ending at the last block")
-    eval_layers: tuple[int, ...] | None = _doc(
-        None, "blocks forming the frozen-eval features, a subset of out_layers; None = last block only")
-    modality_embedding: bool = _doc(False, "add a learned video/image vector to every token (V-JEPA 2.1, the paper)")
-    init_std: float = _doc(0.02, "std of the truncated-normal weight init")
+        "ending at the last block", valid=at_least(0))
+    eval_layers: tuple[int, ...] | None = field_doc(
+        None, "blocks forming the frozen-eval features, a subset of out_layers; None = last block only",
+        valid=at_least(0))
+    modality_embedding: bool = field_doc(False, "add a learned video/image vector to every token (V-JEPA 2.1, the paper)")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_layers", _as_int_tuple(self.out_layers))
         object.__setattr__(self, "eval_layers", _as_int_tuple(self.eval_layers))
-        _check(self.patch_size > 0 and self.img_size % self.patch_size == 0,
-               f"model.img_size={self.img_size} is not divisible by model.patch_size={self.patch_size}; "
-               f"pick a crop that is a multiple of the patch")
-        _check(self.tubelet_size > 0 and self.num_frames % self.tubelet_size == 0,
-               f"model.num_frames={self.num_frames} is not divisible by model.tubelet_size={self.tubelet_size}; "
-               f"pick a frame count that is a multiple of the tubelet")
-        _check(self.depth >= 1, f"model.depth={self.depth} must be at least 1")
-        _check(self.num_heads >= 1 and self.embed_dim % self.num_heads == 0,
-               f"model.embed_dim={self.embed_dim} is not divisible by model.num_heads={self.num_heads}")
-        _check(self.pos_embed in POSITION_KINDS,
-               f"model.pos_embed={self.pos_embed!r} is unknown; use one of {POSITION_KINDS}")
-        _check(self.pos_embed != "rope" or self.head_dim >= 6,
-               f"model.pos_embed='rope' needs a head dim of at least 6 (2 per axis), got {self.head_dim}; "
-               f"use fewer heads or 'sincos'")
-        _check(self.mlp_ratio > 0, f"model.mlp_ratio={self.mlp_ratio} must be positive")
+        check_fields(self, "model.")
+        _require(self.img_size % self.patch_size == 0,
+                 f"model.img_size={self.img_size} is not divisible by model.patch_size={self.patch_size}; "
+                 f"pick a crop that is a multiple of the patch")
+        _require(self.num_frames % self.tubelet_size == 0,
+                 f"model.num_frames={self.num_frames} is not divisible by model.tubelet_size={self.tubelet_size}; "
+                 f"pick a frame count that is a multiple of the tubelet")
+        _require(self.embed_dim % self.num_heads == 0,
+                 f"model.embed_dim={self.embed_dim} is not divisible by model.num_heads={self.num_heads}")
+        _require(self.pos_embed != "rope" or self.head_dim >= 6,
+                 f"model.pos_embed='rope' needs a head dim of at least 6 (2 per axis), got {self.head_dim}; "
+                 f"use fewer heads or 'sincos'")
         out = self.out_layer_indices
-        _check(len(out) > 0 and len(set(out)) == len(out) and list(out) == sorted(out),
-               f"model.out_layers={out} must be a non-empty ascending list of distinct block indices")
-        _check(all(0 <= i < self.depth for i in out),
-               f"model.out_layers={out} has an index outside [0, depth={self.depth})")
-        _check(out[-1] == self.depth - 1,
-               f"model.out_layers={out} must end at the last block {self.depth - 1}; "
-               f"blocks after the last output would never be trained (lower model.depth instead)")
+        _require(len(out) > 0 and len(set(out)) == len(out) and list(out) == sorted(out),
+                 f"model.out_layers={out} must be a non-empty ascending list of distinct block indices")
+        _require(all(0 <= i < self.depth for i in out),
+                 f"model.out_layers={out} has an index outside [0, depth={self.depth})")
+        _require(out[-1] == self.depth - 1,
+                 f"model.out_layers={out} must end at the last block {self.depth - 1}; "
+                 f"blocks after the last output would never be trained (lower model.depth instead)")
         ev = self.eval_layer_indices
-        _check(len(ev) > 0 and set(ev) <= set(out),
-               f"model.eval_layers={ev} must be a non-empty subset of model.out_layers={out}, "
-               f"so that their LayerNorms are trained")
+        _require(len(ev) > 0 and set(ev) <= set(out),
+                 f"model.eval_layers={ev} must be a non-empty subset of model.out_layers={out}, "
+                 f"so that their LayerNorms are trained")
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -125,36 +128,25 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class PredictorConfig:
+class PredictorConfig(BlockStackConfig):
     """Narrow ViT predictor. The defaults are the paper's: depth 8, width 256, 8 heads, RoPE, zero-init mask tokens."""
 
-    depth: int = _doc(8, "number of transformer blocks")
-    width: int = _doc(256, "token width inside the predictor; a multiple of num_heads")
-    num_heads: int = _doc(8, "attention heads per block")
-    mlp_ratio: float = _doc(4.0, "MLP hidden width as a multiple of width")
-    qkv_bias: bool = _doc(True, "bias on the fused q/k/v projection")
-    norm_eps: float = _doc(1e-6, "LayerNorm epsilon")
-    pos_embed: str = _doc("rope", "'rope' or 'sincos', as for the encoder")
-    rope_theta: float = _doc(10000.0, "RoPE base frequency")
-    input_hidden_dim: int | None = _doc(
+    depth: int = field_doc(8, "number of transformer blocks", valid=at_least(1))
+    width: int = field_doc(256, "token width inside the predictor; a multiple of num_heads", valid=at_least(1))
+    num_heads: int = field_doc(8, "attention heads per block", valid=at_least(1))
+    input_hidden_dim: int | None = field_doc(
         None, "hidden width of the input MLP in_dim -> hidden -> width; None = in_dim // 4 (3072 -> 768 -> 256 "
-        "in the paper), 0 = one Linear")
-    zero_init_mask_tokens: bool = _doc(True, "start the learnable mask tokens at zero (the paper) instead of random")
-    predict_context: bool = _doc(
+        "in the paper), 0 = one Linear", valid=at_least(0))
+    zero_init_mask_tokens: bool = field_doc(True, "start the learnable mask tokens at zero (the paper) instead of random")
+    predict_context: bool = field_doc(
         True, "also project the context tokens' outputs (predict_all; the dense context loss needs them)")
-    init_std: float = _doc(0.02, "std of the truncated-normal weight init")
 
     def __post_init__(self) -> None:
-        _check(self.depth >= 1, f"predictor.depth={self.depth} must be at least 1")
-        _check(self.num_heads >= 1 and self.width % self.num_heads == 0,
-               f"predictor.width={self.width} is not divisible by predictor.num_heads={self.num_heads}")
-        _check(self.pos_embed in POSITION_KINDS,
-               f"predictor.pos_embed={self.pos_embed!r} is unknown; use one of {POSITION_KINDS}")
-        _check(self.pos_embed != "rope" or self.width // self.num_heads >= 6,
-               f"predictor.pos_embed='rope' needs a head dim of at least 6, got {self.width // self.num_heads}")
-        _check(self.input_hidden_dim is None or self.input_hidden_dim >= 0,
-               f"predictor.input_hidden_dim={self.input_hidden_dim} must be >= 0 (0 = a single Linear) or null")
-        _check(self.mlp_ratio > 0, f"predictor.mlp_ratio={self.mlp_ratio} must be positive")
+        check_fields(self, "predictor.")
+        _require(self.width % self.num_heads == 0,
+                 f"predictor.width={self.width} is not divisible by predictor.num_heads={self.num_heads}")
+        _require(self.pos_embed != "rope" or self.width // self.num_heads >= 6,
+                 f"predictor.pos_embed='rope' needs a head dim of at least 6, got {self.width // self.num_heads}")
 
     @property
     def head_dim(self) -> int:

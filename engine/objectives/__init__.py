@@ -1,5 +1,5 @@
 """Objectives of the study: the JEPA loss, every auxiliary term family (one file each) and the
-registry of named variants. See registry.py for the list and paper-spec §2–3 for the formulas."""
+registry of named variants. See registry.py for the list and docs/paper.md §2–3 for the formulas."""
 from engine.objectives.base import AuxTerm, MaskView, MaskViewTerm, StepInputs, Term, Variant
 from engine.objectives.grid import FeatureGrid, masked_mean, scatter_to_grid
 from engine.objectives.jepa_loss import (

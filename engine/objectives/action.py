@@ -1,25 +1,25 @@
 """AC / FAC: an action head predicts a pixel-space "action", the per-token mean-RGB change between
-consecutive token steps (paper-spec §3.1, "AC", "AC+HW", "FAC")."""
+consecutive token steps (docs/paper.md §3.1, "AC", "AC+HW", "FAC")."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from torch import Tensor
 
+from engine.fields import at_least, between, field_doc, one_of
 from engine.objectives.base import MaskView, MaskViewTerm, StepInputs, split_dims
 from engine.objectives.latent_dynamics import INPUTS, mlp
 
 
 @dataclass(frozen=True)
 class ActionParams:
-    input: str = "all"
-    """"all": the head reads the whole student feature; "dyn": only Z_dyn (FAC)."""
-    app_ratio: float = 0.5
-    """Fraction of dims in Z_app when input is "dyn"."""
-    hidden_dim: int = 256
-    """Width of the action head's hidden layer."""
-    target_dim: int = 3
-    """Channels of the action target (RGB); must match the clip's channels."""
+    input: str = field_doc("all", '"all": the head reads the whole student feature; "dyn": only Z_dyn (FAC).',
+                           valid=one_of(*INPUTS))
+    app_ratio: float = field_doc(0.5, 'Fraction of dims in Z_app when input is "dyn".',
+                                 valid=between(0.0, 1.0, low_open=True, high_open=True))
+    hidden_dim: int = field_doc(256, "Width of the action head's hidden layer.", valid=at_least(1))
+    target_dim: int = field_doc(3, "Channels of the action target (RGB); must match the clip's channels.",
+                                valid=at_least(1))
 
 
 def token_mean_colour(video: Tensor, tubelet: int, patch: int) -> Tensor:
@@ -41,10 +41,8 @@ class ActionTerm(MaskViewTerm):
 
     Params = ActionParams
 
-    def __init__(self, params: ActionParams, feat_dim: int, paper_compat: bool = False):
-        super().__init__(params, feat_dim, paper_compat)
-        if params.input not in INPUTS:
-            raise ValueError(f"term 'ac': input must be one of {INPUTS}, got {params.input!r}")
+    def __init__(self, params: ActionParams, feat_dim: int):
+        super().__init__(params, feat_dim)
         self.input_start = split_dims(feat_dim, params.app_ratio) if params.input == "dyn" else 0
         self.channels = params.target_dim
         self.action_head = mlp(feat_dim - self.input_start, params.hidden_dim, self.channels)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from engine.fields import check_fields, field_doc
 from engine.objectives.grid import FeatureGrid, scatter_to_grid, token_grid
 
 
@@ -22,14 +23,12 @@ from engine.objectives.grid import FeatureGrid, scatter_to_grid, token_grid
 class Term:
     """One weighted loss term of a variant, e.g. `Term("hw", coeff=0.3, params={"tau": 1.0})`."""
 
-    name: str
-    """Registered term kind (a key of `engine.objectives.registry.TERM_KINDS`)."""
-    coeff: float = 1.0
-    """Multiplier of this term in the total loss."""
-    params: Mapping[str, Any] = field(default_factory=dict)
-    """Keyword parameters of the term kind; unknown keys are an error naming the term."""
-    label: str | None = None
-    """Key of this term in the loss dict; defaults to `name` (must be unique within a variant)."""
+    name: str = field_doc(doc="Registered term kind (a key of `engine.objectives.registry.TERM_KINDS`).")
+    coeff: float = field_doc(1.0, "Multiplier of this term in the total loss.")
+    params: dict[str, Any] = field_doc(factory=dict, doc="Keyword parameters of the term kind (its `Params`); "
+                                                         "unknown keys are an error naming the term.")
+    label: str | None = field_doc(None, "Key of this term in the loss dict; defaults to `name` (must be unique "
+                                        "within a variant).")
 
     @property
     def key(self) -> str:
@@ -40,16 +39,14 @@ class Term:
 class Variant:
     """A named objective of the study: auxiliary terms on top of L_pred + λ_ctx·L_ctx."""
 
-    name: str
-    """Registry name, also the run name stem."""
-    terms: tuple[Term, ...] = ()
-    """Auxiliary terms added to the JEPA loss (empty for the baseline and masking-only rows)."""
-    mask_generator: str = "multiblock"
-    """Name in engine.masking's generator registry that this row was trained with."""
-    disable_ema: bool = False
-    """True: targets come from the online encoder with gradient and the EMA target is never updated."""
-    description: str = ""
-    """One line on what the row computes (paper-spec §3)."""
+    name: str = field_doc("custom", "Registry name, also the run name stem.")
+    terms: tuple[Term, ...] = field_doc((), "Auxiliary terms added to the JEPA loss (empty for the baseline and "
+                                            "masking-only rows).")
+    mask_generator: str = field_doc("multiblock", "Name in engine.masking's generator registry that this row was "
+                                                  "trained with.")
+    disable_ema: bool = field_doc(False, "True: targets come from the online encoder with gradient and the EMA "
+                                         "target is never updated.")
+    description: str = field_doc("", "One line on what the row computes.")
 
     def __post_init__(self):
         keys = [t.key for t in self.terms]
@@ -116,18 +113,21 @@ class StepInputs:
 
 class AuxTerm(nn.Module, metaclass=abc.ABCMeta):
     """Base of every auxiliary term: one scalar per training step. A subclass declares `Params` (a
-    dataclass with one doc line per field). Terms that read the student features derive from
+    dataclass of `engine.fields.field_doc` fields: doc and valid range each, checked here). Terms that read the student features derive from
     `MaskViewTerm`; terms that see only the full-clip target (kinematic) implement `step_loss`."""
 
     Params: type = None  # set by each subclass
     reads_student: bool = True
     """False for terms that see only the full-clip target: they train nothing while h is detached."""
 
-    def __init__(self, params: Any, feat_dim: int, paper_compat: bool = False):
+    def __init__(self, params: Any, feat_dim: int):
         super().__init__()
+        try:
+            check_fields(params)
+        except ValueError as err:
+            raise ValueError(f"{type(self).__name__}: {err}") from None
         self.params = params
         self.feat_dim = feat_dim
-        self.paper_compat = paper_compat
 
     @abc.abstractmethod
     def step_loss(self, inputs: StepInputs) -> Tensor:

@@ -1,4 +1,4 @@
-"""LTC: latent temporal contrastive triplet on valid pairs (paper-spec §3.1, "LTC")."""
+"""LTC: latent temporal contrastive triplet on valid pairs (docs/paper.md §3.1, "LTC")."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,14 +6,14 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
+from engine.fields import field_doc
 from engine.objectives.base import MaskView, MaskViewTerm, StepInputs
 from engine.objectives.grid import masked_mean
 
 
 @dataclass(frozen=True)
 class ContrastiveParams:
-    margin: float = 0.5
-    """Required gap between cos(z_t, h_t) and cos(z_t, h_{t+1})."""
+    margin: float = field_doc(0.5, "Required gap between cos(z_t, h_t) and cos(z_t, h_{t+1}).")
 
 
 def temporal_triplet_loss(student: Tensor, target: Tensor, pairs: Tensor, margin: float) -> Tensor:

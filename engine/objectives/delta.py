@@ -1,4 +1,4 @@
-"""Delta: match the student's temporal change to the target's (paper-spec §3.1, "Delta")."""
+"""Delta: match the student's temporal change to the target's (docs/paper.md §3.1, "Delta")."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,20 +1,21 @@
 """FWM: the factorized world model's two regularisers on the Z_app / Z_dyn split of the student feature
-(paper-spec §3.1, "FWM"). Z_app is the first ⌊ratio·D⌋ dims and Z_dyn the rest; with the multi-level
-feature of blocks [2, 5, 8, 11] that is a split across layers (paper-spec §8.3)."""
+(docs/paper.md §3.1, "FWM"). Z_app is the first ⌊ratio·D⌋ dims and Z_dyn the rest; with the multi-level
+feature of blocks [2, 5, 8, 11] that is a split across layers (docs/paper.md §6.2)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from torch import Tensor
 
+from engine.fields import between, field_doc
 from engine.objectives.base import MaskView, MaskViewTerm, StepInputs, split_dims
 from engine.objectives.grid import masked_mean
 
 
 @dataclass(frozen=True)
 class FactorizedParams:
-    app_ratio: float = 0.5
-    """Fraction of the feature dims that form Z_app (the appearance subspace)."""
+    app_ratio: float = field_doc(0.5, "Fraction of the feature dims that form Z_app (the appearance subspace).",
+                                 valid=between(0.0, 1.0, low_open=True, high_open=True))
 
 
 def static_loss(app: Tensor, pairs: Tensor) -> Tensor:

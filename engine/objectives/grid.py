@@ -2,7 +2,7 @@
 
 The context encoder sees only the visible tokens. Terms that compare a token at step t with the same
 location at t+1 scatter those features back onto the (Tg, Hg·Wg) grid and use only the locations where
-both t and t+1 are visible (paper-spec §3, "valid pair").
+both t and t+1 are visible (docs/paper.md §3, "valid pair").
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Hamiltonian: one symplectic-Euler step of a learned energy carries the student's (q, p) at t to
-the target's halves at t+1 (paper-spec §3.2, "Hamiltonian"). q is the first half of the feature and p
-the second, which with the multi-level feature is a split across layers (paper-spec §8.3)."""
+the target's halves at t+1 (docs/paper.md §3.2, "Hamiltonian"). q is the first half of the feature and p
+the second, which with the multi-level feature is a split across layers (docs/paper.md §6.2)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,15 +8,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from engine.fields import above, at_least, field_doc
 from engine.objectives.base import MaskView, MaskViewTerm, StepInputs
 
 
 @dataclass(frozen=True)
 class HamiltonianParams:
-    dt: float = 0.1
-    """Integration step of the symplectic Euler update."""
-    hidden_dim: int = 256
-    """Width of the two hidden layers of the energy network."""
+    dt: float = field_doc(0.1, "Integration step of the symplectic Euler update.", valid=above(0))
+    hidden_dim: int = field_doc(256, "Width of the two hidden layers of the energy network.", valid=at_least(1))
 
 
 class EnergyNet(nn.Module):
@@ -50,8 +49,8 @@ class HamiltonianTerm(MaskViewTerm):
 
     Params = HamiltonianParams
 
-    def __init__(self, params: HamiltonianParams, feat_dim: int, paper_compat: bool = False):
-        super().__init__(params, feat_dim, paper_compat)
+    def __init__(self, params: HamiltonianParams, feat_dim: int):
+        super().__init__(params, feat_dim)
         if feat_dim % 2:
             raise ValueError(f"term 'hamiltonian' needs an even feature width, got {feat_dim}")
         self.half = feat_dim // 2

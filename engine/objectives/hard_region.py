@@ -1,4 +1,4 @@
-"""HW: hard-region weighting of the masked-prediction errors (paper-spec §3.1, "HW")."""
+"""HW: hard-region weighting of the masked-prediction errors (docs/paper.md §3.1, "HW")."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,14 +6,15 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from kernels import hard_weighted_loss
+from engine.fields import above, field_doc
 from engine.objectives.base import MaskView, MaskViewTerm, StepInputs
 
 
 @dataclass(frozen=True)
 class HardRegionParams:
-    tau: float = 1.0
-    """Softmax temperature of the weights K·softmax(e/τ) over the masked tokens of a sample (per sample, as
-    in the released code; the hard-weighted LD's softmax spans the batch, see ld's weight_scope)."""
+    tau: float = field_doc(1.0, "Softmax temperature of the weights K·softmax(e/τ) over the masked tokens of a "
+                                "sample (per sample, as in the released code; the hard-weighted LD's softmax spans "
+                                "the batch, see ld's weight_scope).", valid=above(0))
 
 
 class HardRegionTerm(MaskViewTerm):

@@ -1,4 +1,4 @@
-"""The baseline objective (paper-spec §2): L1 prediction of the masked targets and the V-JEPA 2.1
+"""The baseline objective (docs/paper.md §2): L1 prediction of the masked targets and the V-JEPA 2.1
 distance-weighted context loss with its λ schedule."""
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from engine.fields import at_least, check_fields, field_doc
 from engine.objectives.grid import grid_positions
 
 
@@ -52,16 +53,16 @@ def context_loss(pred: Tensor, target: Tensor, weights: Tensor | None) -> Tensor
 class ContextLossConfig:
     """The dense context loss of V-JEPA 2.1 and its weight schedule."""
 
-    weight_distance: bool = True
-    """Divide each context token's error by sqrt of its distance to the nearest masked token."""
-    lambda_value: float = 0.5
-    """λ_ctx reached at `lambda_end` and held after it."""
-    lambda_start: int = 15_000
-    """Iteration before which λ_ctx is 0 (the context loss is off for the first half of 30k steps)."""
-    lambda_end: int = 30_000
-    """Iteration at which λ_ctx reaches `lambda_value` after a linear ramp from 0."""
+    weight_distance: bool = field_doc(True, "Divide each context token's error by sqrt of its distance to the "
+                                            "nearest masked token.")
+    lambda_value: float = field_doc(0.5, "λ_ctx reached at `lambda_end` and held after it.", valid=at_least(0))
+    lambda_start: int = field_doc(15_000, "Iteration before which λ_ctx is 0 (the context loss is off for the "
+                                          "first half of 30k steps).", valid=at_least(0))
+    lambda_end: int = field_doc(30_000, "Iteration at which λ_ctx reaches `lambda_value` after a linear ramp "
+                                        "from 0; not before lambda_start.", valid=at_least(0))
 
     def __post_init__(self):
+        check_fields(self, "context_loss.")
         if self.lambda_end < self.lambda_start:
             raise ValueError("context_loss.lambda_end must not precede lambda_start")
 

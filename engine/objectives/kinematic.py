@@ -1,5 +1,5 @@
 """Kinematic: velocity / acceleration sparsity of the target-branch features of the full clip
-(paper-spec §3.2, "Kinematic", "-Accel", "-Huber", "-Split", "-Anneal").
+(docs/paper.md §3.2, "Kinematic", "-Accel", "-Huber", "-Split", "-Anneal").
 
 All kinematic rows of the study disable the EMA, so the features penalised here are the online
 encoder's output on the full clip, with gradient. With the EMA on, h is detached and the term would
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
+from engine.fields import above, at_least, between, field_doc, one_of
 from engine.objectives.base import AuxTerm, StepInputs
 
 ORDERS = (1, 2)
@@ -20,20 +21,18 @@ PENALTIES = ("l1", "huber")
 
 @dataclass(frozen=True)
 class KinematicParams:
-    order: int = 1
-    """1: velocity h(t+1) − h(t); 2: acceleration h(t+2) − 2h(t+1) + h(t) (velocity if Tg < 3)."""
-    penalty: str = "l1"
-    """"l1": mean |·|; "huber": Huber(·, 0) with threshold `huber_delta`."""
-    huber_delta: float = 0.1
-    """Huber threshold δ."""
-    dim_fraction: float = 1.0
-    """Penalise only the first ⌊fraction·D⌋ dims (Kinematic-Split uses 0.5)."""
-    anneal: bool = False
-    """Scale the coefficient by 0.5·(1 + cos(π·epoch/anneal_epochs)) (Kinematic-Anneal)."""
-    anneal_epochs: int = 100
-    """Epochs over which the cosine goes from 1 to 0."""
-    steps_per_epoch: int = 300
-    """Iterations per epoch; the anneal factor changes once per epoch, as in the study."""
+    order: int = field_doc(1, "1: velocity h(t+1) − h(t); 2: acceleration h(t+2) − 2h(t+1) + h(t) (velocity if "
+                              "Tg < 3).", valid=one_of(*ORDERS))
+    penalty: str = field_doc("l1", '"l1": mean |·|; "huber": Huber(·, 0) with threshold `huber_delta`.',
+                             valid=one_of(*PENALTIES))
+    huber_delta: float = field_doc(0.1, "Huber threshold δ.", valid=above(0))
+    dim_fraction: float = field_doc(1.0, "Penalise only the first ⌊fraction·D⌋ dims (Kinematic-Split uses 0.5).",
+                                    valid=between(0.0, 1.0, low_open=True))
+    anneal: bool = field_doc(False, "Scale the coefficient by 0.5·(1 + cos(π·epoch/anneal_epochs)) "
+                                    "(Kinematic-Anneal).")
+    anneal_epochs: int = field_doc(100, "Epochs over which the cosine goes from 1 to 0.", valid=at_least(1))
+    steps_per_epoch: int = field_doc(300, "Iterations per epoch; the anneal factor changes once per epoch, as in "
+                                          "the study.", valid=at_least(1))
 
 
 def temporal_difference(features: Tensor, order: int) -> Tensor:
@@ -55,14 +54,8 @@ class KinematicTerm(AuxTerm):
     Params = KinematicParams
     reads_student = False
 
-    def __init__(self, params: KinematicParams, feat_dim: int, paper_compat: bool = False):
-        super().__init__(params, feat_dim, paper_compat)
-        if params.order not in ORDERS:
-            raise ValueError(f"term 'kinematic': order must be one of {ORDERS}, got {params.order}")
-        if params.penalty not in PENALTIES:
-            raise ValueError(f"term 'kinematic': penalty must be one of {PENALTIES}, got {params.penalty!r}")
-        if not 0.0 < params.dim_fraction <= 1.0:
-            raise ValueError(f"term 'kinematic': dim_fraction must be in (0, 1], got {params.dim_fraction}")
+    def __init__(self, params: KinematicParams, feat_dim: int):
+        super().__init__(params, feat_dim)
         self.width = max(1, int(math.floor(params.dim_fraction * feat_dim)))
 
     def step_loss(self, inputs: StepInputs) -> Tensor:

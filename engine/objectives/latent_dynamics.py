@@ -1,5 +1,5 @@
 """LD: a dynamics head predicts the target's latent change from the student feature at t
-(paper-spec §3.1 "LD", "FWM-LD", and with hard-region weighting "HW-LD", "FWM-HW-LD")."""
+(docs/paper.md §3.1 "LD", "FWM-LD", and with hard-region weighting "HW-LD", "FWM-HW-LD")."""
 from __future__ import annotations
 
 import contextlib
@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from kernels import hard_weighted_loss
+from engine.fields import above, at_least, between, field_doc, one_of
 from engine.objectives.base import MaskView, MaskViewTerm, StepInputs, split_dims
 from engine.objectives.grid import masked_mean
 
@@ -18,19 +19,21 @@ WEIGHT_SCOPES = ("batch", "sample")
 
 @dataclass(frozen=True)
 class LatentDynamicsParams:
-    input: str = "all"
-    """"all": the head reads the whole student feature; "dyn": only Z_dyn (FWM-LD, FWM-HW-LD)."""
-    app_ratio: float = 0.5
-    """Fraction of dims in Z_app when input is "dyn"; Z_dyn is the rest."""
-    hidden_dim: int = 256
-    """Width of the dynamics head's hidden layer."""
-    hard_weighted: bool = False
-    """Reweight the per-pair LD errors by K·softmax(e/τ) over valid pairs, without gradient (HW-LD)."""
-    tau: float = 1.0
-    """Temperature of that softmax."""
-    weight_scope: str = "batch"
-    """With hard_weighted: "batch" = one softmax over all valid pairs of the batch, K = their count (the
-    released code; docs/paper-deviations.md); "sample" = one softmax per sample over its own valid pairs."""
+    input: str = field_doc("all", '"all": the head reads the whole student feature; "dyn": only Z_dyn (FWM-LD, '
+                                  'FWM-HW-LD).', valid=one_of(*INPUTS))
+    app_ratio: float = field_doc(0.5, 'Fraction of dims in Z_app when input is "dyn"; Z_dyn is the rest.',
+                                 valid=between(0.0, 1.0, low_open=True, high_open=True))
+    hidden_dim: int = field_doc(256, "Width of the dynamics head's hidden layer.", valid=at_least(1))
+    hard_weighted: bool = field_doc(False, "Reweight the per-pair LD errors by K·softmax(e/τ) over valid pairs, "
+                                           "without gradient (HW-LD).")
+    tau: float = field_doc(1.0, "Temperature of that softmax.", valid=above(0))
+    weight_scope: str = field_doc(
+        "batch", 'With hard_weighted: "batch" = one softmax over all valid pairs of the batch, K = their count (the '
+        'released code; docs/paper-deviations.md); "sample" = one softmax per sample over its own valid pairs.',
+        valid=one_of(*WEIGHT_SCOPES))
+    paper_compat: bool = field_doc(
+        False, "With hard_weighted: build the weighted loss under no_grad, as the released code did, so that it "
+        "trains nothing (docs/paper-deviations.md). A recipe's loss.paper_compat sets it on every LD term.")
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -41,17 +44,13 @@ class LatentDynamicsTerm(MaskViewTerm):
     """L_LD = mean over valid pairs of |dyn_head(z_t) − (h_{t+1} − h_t)|.
 
     With `hard_weighted` the errors are reweighted per valid pair; the weights carry no gradient, the
-    weighted loss does. `paper_compat` reproduces the released code, which built the whole weighted LD
-    loss under no_grad so that it trained nothing (paper-spec §8.1)."""
+    weighted loss does. `params.paper_compat` reproduces the released code, which built the whole weighted
+    LD loss under no_grad so that it trained nothing (docs/paper-deviations.md)."""
 
     Params = LatentDynamicsParams
 
-    def __init__(self, params: LatentDynamicsParams, feat_dim: int, paper_compat: bool = False):
-        super().__init__(params, feat_dim, paper_compat)
-        if params.input not in INPUTS:
-            raise ValueError(f"term 'ld': input must be one of {INPUTS}, got {params.input!r}")
-        if params.weight_scope not in WEIGHT_SCOPES:
-            raise ValueError(f"term 'ld': weight_scope must be one of {WEIGHT_SCOPES}, got {params.weight_scope!r}")
+    def __init__(self, params: LatentDynamicsParams, feat_dim: int):
+        super().__init__(params, feat_dim)
         self.input_start = split_dims(feat_dim, params.app_ratio) if params.input == "dyn" else 0
         self.dyn_head = mlp(feat_dim - self.input_start, params.hidden_dim, feat_dim)
 
@@ -69,7 +68,7 @@ class LatentDynamicsTerm(MaskViewTerm):
         # The softmax over pairs (per sample, or over the whole batch) takes the rectangular [B, pairs, D]
         # layout and a validity mask.
         b, steps, s, _ = target_change.shape
-        no_grad_like_release = torch.no_grad() if self.paper_compat else contextlib.nullcontext()
+        no_grad_like_release = torch.no_grad() if self.params.paper_compat else contextlib.nullcontext()
         with no_grad_like_release:
             predicted = self.dyn_head(grid.feats[:, :-1, :, self.input_start:])  # [B, Tg-1, S, D]
             if not pairs.any():

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from engine.fields import field_doc
 from engine.objectives.base import MaskView, MaskViewTerm, StepInputs
 
 
@@ -21,8 +22,8 @@ from engine.objectives.base import MaskView, MaskViewTerm, StepInputs
 class PixelTargetParams:
     """Parameters of the pixel target."""
 
-    normalize: bool = True
-    """Standardise each tubelet's pixels before the loss (MAE's norm_pix_loss); False regresses raw values."""
+    normalize: bool = field_doc(True, "Standardise each tubelet's pixels before the loss (MAE's norm_pix_loss); "
+                                      "False regresses raw values.")
 
 
 def tubelet_pixels(video: Tensor, tubelet: int, patch: int) -> Tensor:
@@ -37,8 +38,8 @@ def tubelet_pixels(video: Tensor, tubelet: int, patch: int) -> Tensor:
 class PixelTargetTerm(MaskViewTerm):
     Params = PixelTargetParams
 
-    def __init__(self, params: PixelTargetParams, feat_dim: int, paper_compat: bool = False):
-        super().__init__(params, feat_dim, paper_compat)
+    def __init__(self, params: PixelTargetParams, feat_dim: int):
+        super().__init__(params, feat_dim)
         self.head: nn.Linear | None = None  # sized by configure(): the term alone does not know the tubelet
 
     def configure(self, pixels_per_token: int) -> None:

@@ -50,11 +50,11 @@ def _variants(*variants: Variant) -> dict[str, Variant]:
     return {v.name: v for v in variants}
 
 
-# Coefficients and parameters are the released configs' (paper-spec §3.1, §3.2). The hard-weighted LD's
+# Coefficients and parameters are the released configs' (docs/paper.md §3.1, §3.2). The hard-weighted LD's
 # softmax spans the whole batch's valid pairs as in the released code (weight_scope, docs/paper-deviations.md);
 # HW on L_pred stays per sample, as there.
 VARIANTS: dict[str, Variant] = _variants(
-    Variant("baseline", (), description="L_pred + λ_ctx·L_ctx (paper-spec §2)"),
+    Variant("baseline", (), description="L_pred + λ_ctx·L_ctx (docs/paper.md §2)"),
     Variant("motion_guided", (), MOTION_GUIDED, description="masking only: origins ∝ motion^2, 10% uniform"),
     Variant("amg", (), AGGRESSIVE_MOTION_GUIDED, description="masking only: origins ∝ motion^5, never uniform"),
     Variant("hw", (Term("hw", 0.3, {"tau": 1.0}),), description="hard-region weighted L_pred"),
@@ -135,7 +135,7 @@ class Objective(nn.Module):
     """The auxiliary terms of one variant. Heads (dyn/action/energy nets) are submodules, so they join
     the optimizer and the checkpoint with the encoder and predictor."""
 
-    def __init__(self, variant: Variant, feat_dim: int, paper_compat: bool = False):
+    def __init__(self, variant: Variant, feat_dim: int):
         super().__init__()
         self.variant = variant
         self.coeffs: dict[str, float] = {}
@@ -149,7 +149,7 @@ class Objective(nn.Module):
                     f"variant {variant.name!r}: term {term.name!r} acts only on the target features, which are "
                     "detached while the EMA target is on; it would train nothing (set disable_ema)")
             params = parse_params(kind.Params, term.params, term.name)
-            self.terms[term.key] = kind(params, feat_dim, paper_compat)
+            self.terms[term.key] = kind(params, feat_dim)
             self.coeffs[term.key] = float(term.coeff)
 
     def forward(self, inputs: StepInputs) -> dict[str, Tensor]:
@@ -161,5 +161,5 @@ class Objective(nn.Module):
         return {key: self.coeffs[key] * term.schedule(step) for key, term in self.terms.items()}
 
 
-def build_objective(spec: str | Variant | Mapping[str, Any], feat_dim: int, paper_compat: bool = False) -> Objective:
-    return Objective(resolve_variant(spec), feat_dim, paper_compat)
+def build_objective(spec: str | Variant | Mapping[str, Any], feat_dim: int) -> Objective:
+    return Objective(resolve_variant(spec), feat_dim)

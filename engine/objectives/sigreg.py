@@ -1,5 +1,5 @@
 """SIGReg: push the student's token distribution towards an isotropic Gaussian with a sliced
-Epps–Pulley normality test (paper-spec §3.2, "SIGReg"; LeJEPA's regulariser, implemented here).
+Epps–Pulley normality test (docs/paper.md §3.2, "SIGReg"; LeJEPA's regulariser, implemented here).
 
 For a unit direction a, the projections x·a of n tokens have the empirical characteristic function
 φ_n(t) = (1/n) Σ_k exp(i·t·x_k·a). The Epps–Pulley statistic measures its weighted squared distance to
@@ -19,19 +19,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from engine.fields import above, at_least, field_doc
 from engine.objectives.base import MaskView, MaskViewTerm, StepInputs
 
 
 @dataclass(frozen=True)
 class SIGRegParams:
-    num_slices: int = 1024
-    """Random unit directions the features are projected on."""
-    t_max: float = 3.0
-    """Upper end of the integration range of t."""
-    n_points: int = 17
-    """Trapezoid nodes on [0, t_max]."""
-    seed: int = 0
-    """Added to the step to seed the slice directions."""
+    num_slices: int = field_doc(1024, "Random unit directions the features are projected on.", valid=at_least(1))
+    t_max: float = field_doc(3.0, "Upper end of the integration range of t.", valid=above(0))
+    n_points: int = field_doc(17, "Trapezoid nodes on [0, t_max].", valid=at_least(1))
+    seed: int = field_doc(0, "Added to the step to seed the slice directions.")
 
 
 def epps_pulley(samples: Tensor, t_max: float = 3.0, n_points: int = 17) -> Tensor:
@@ -65,8 +62,8 @@ class SIGRegTerm(MaskViewTerm):
 
     Params = SIGRegParams
 
-    def __init__(self, params: SIGRegParams, feat_dim: int, paper_compat: bool = False):
-        super().__init__(params, feat_dim, paper_compat)
+    def __init__(self, params: SIGRegParams, feat_dim: int):
+        super().__init__(params, feat_dim)
         # The mask configs of one step share the directions; drawing them once saves a D×M randn.
         self._cached: tuple[int, Tensor] | None = None
 

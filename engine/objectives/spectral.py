@@ -1,5 +1,5 @@
 """Spectral: match the temporal spectrum of student and target, high frequencies weighted up
-(paper-spec §3.1, "Spectral")."""
+(docs/paper.md §3.1, "Spectral")."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,17 +7,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from engine.fields import at_least, field_doc
 from engine.objectives.base import MaskView, MaskViewTerm, StepInputs
 
 
 @dataclass(frozen=True)
 class SpectralParams:
-    low_weight: float = 0.1
-    """Weight of the zero-frequency bin; bins are weighted linspace(low_weight, high_weight)."""
-    high_weight: float = 1.0
-    """Weight of the highest-frequency bin."""
-    min_steps: int = 4
-    """With fewer temporal tokens than this the term is zero (too few bins to mean anything)."""
+    low_weight: float = field_doc(0.1, "Weight of the zero-frequency bin; bins are weighted "
+                                       "linspace(low_weight, high_weight).")
+    high_weight: float = field_doc(1.0, "Weight of the highest-frequency bin.")
+    min_steps: int = field_doc(4, "With fewer temporal tokens than this the term is zero (too few bins to mean "
+                                  "anything).", valid=at_least(1))
 
 
 def spectral_loss(student: Tensor, target: Tensor, locations: Tensor, low: float, high: float) -> Tensor:

@@ -1,4 +1,4 @@
-"""VelGate: suppress student change where the target barely moves (paper-spec §3.2, "VelGate")."""
+"""VelGate: suppress student change where the target barely moves (docs/paper.md §3.2, "VelGate")."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,14 +6,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from engine.fields import between, field_doc
 from engine.objectives.base import MaskView, MaskViewTerm, StepInputs
 from engine.objectives.grid import masked_mean
 
 
 @dataclass(frozen=True)
 class VelocityGateParams:
-    quantile: float = 0.5
-    """Per (clip, t), locations whose target speed is at or below this spatial quantile are gated."""
+    quantile: float = field_doc(0.5, "Per (clip, t), locations whose target speed is at or below this spatial "
+                                     "quantile are gated.", valid=between(0.0, 1.0))
 
 
 def background_gate(target: Tensor, quantile: float) -> Tensor:

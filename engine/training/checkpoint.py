@@ -249,11 +249,18 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
 
 
 class CheckpointManager:
-    """Writes and reads the trainer's checkpoints for one run folder."""
+    """Writes and reads the trainer's checkpoints for one run folder, and says when the loop must write one:
+    every `every` steps, at `last_step`, and whenever the run stops early."""
 
-    def __init__(self, run_dir: str | Path, keep_last: int):
+    def __init__(self, run_dir: str | Path, keep_last: int, every: int = 0, last_step: int = 0):
         self.root = Path(run_dir) / "checkpoints"
         self.keep_last = keep_last
+        self.every = every
+        self.last_step = last_step
+
+    def due(self, step: int, stopping: bool = False) -> bool:
+        """Whether the state after `step` finished steps is to be saved."""
+        return stopping or step == self.last_step or (self.every > 0 and step % self.every == 0)
 
     # -- writing -------------------------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.training.typed_yaml import field_doc
+from engine.fields import at_least, between, check_fields, field_doc
 
 # Singular values below this fraction of the (uncentred) token matrix's norm are rounding, not spread:
 # without the cut, the fp64 residue of identical tokens would read as a full-rank cloud.
@@ -56,25 +56,23 @@ class CollapseConfig:
     """The collapse alarm: target-feature statistics every N steps, warned on against their random-init values."""
 
     every: int = field_doc(10, "Measure every N steps (rank 0's first micro-batch); 0 = never. At 10, 0.2% of a "
-                               "demo run's time (7 ms a measurement, 1.7% of a step, on the 2-core CPU).")
+                               "demo run's time (7 ms a measurement, 1.7% of a step, on the 2-core CPU).",
+                           valid=at_least(0))
     reference_steps: int = field_doc(5, "Also measure each of the first N steps; their mean is the random-init "
-                                        "reference (warmup barely moves the target in N steps).")
+                                        "reference (warmup barely moves the target in N steps).",
+                                     valid=at_least(1))
     window: int = field_doc(5, "Compare the mean of the last N measurements with the thresholds (one batch's "
-                               "values vary up to 2.6x at random init).")
+                               "values vary up to 2.6x at random init).",
+                            valid=at_least(1))
     min_fraction: float = field_doc(0.5, "Warn when the token effective rank, within-clip variance share or "
-                                         "per-dimension std falls below this fraction of its random-init value.")
+                                         "per-dimension std falls below this fraction of its random-init value.",
+                                    valid=between(0.0, 1.0, low_open=True, high_open=True))
     max_pooled_cosine: float = field_doc(0.9, "Warn when the mean pairwise cosine of the clips' mean-pooled "
-                                              "target features rises above this (global collapse).")
+                                              "target features rises above this (global collapse).",
+                                         valid=between(-1.0, 1.0, low_open=True))
 
     def __post_init__(self):
-        if self.every < 0:
-            raise ValueError(f"every={self.every} must be >= 0 (0 turns the alarm off)")
-        if self.reference_steps < 1 or self.window < 1:
-            raise ValueError(f"reference_steps={self.reference_steps} and window={self.window} must be >= 1")
-        if not 0.0 < self.min_fraction < 1.0:
-            raise ValueError(f"min_fraction={self.min_fraction} must lie in (0, 1)")
-        if not -1.0 < self.max_pooled_cosine <= 1.0:
-            raise ValueError(f"max_pooled_cosine={self.max_pooled_cosine} must lie in (-1, 1]")
+        check_fields(self)
 
 
 @torch.no_grad()

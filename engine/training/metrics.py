@@ -63,11 +63,16 @@ class MetricsWriter:
     """Rank 0 writes `metrics.csv` and TensorBoard events; other ranks get a writer that does nothing.
 
     On resume, rows after the resumed step are dropped first, so the file reads like one straight run.
-    A column that appears later (e.g. a loss term enabled by a schedule) rewrites the header.
+    A column that appears later (e.g. a loss term enabled by a schedule) rewrites the header. `log` writes a
+    row when it is due: every `every` steps, at `last_step`, and whenever the row carries a measurement that
+    is not taken every step (the collapse alarm's).
     """
 
-    def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None, tensorboard: bool = True,
+                 every: int = 1, last_step: int = 0):
         self.enabled = enabled
+        self.every = every
+        self.last_step = last_step
         self.path = Path(run_dir) / "metrics.csv"
         self.columns: list[str] = []
         self.rows: list[dict] = []
@@ -93,6 +98,14 @@ class MetricsWriter:
             writer.writeheader()
             writer.writerows(self.rows)
         os.replace(tmp, self.path)
+
+    def log(self, row: dict, measured: bool = False) -> bool:
+        """Write `row` (its "step" counts finished steps) if it is due; return whether it was."""
+        step = int(row["step"])
+        due = step % self.every == 0 or step == self.last_step or measured
+        if due:
+            self.write(row)
+        return due
 
     def write(self, row: dict) -> None:
         if not self.enabled:

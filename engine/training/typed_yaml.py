@@ -29,6 +29,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from engine.fields import type_name
+
 BASE_KEY = "base"
 TREE_NAME = "recipes"
 
@@ -39,16 +41,6 @@ class ConfigError(ValueError):
 
 class CliText(str):
     """A value typed on the command line: parsed according to the target field's type."""
-
-
-def field_doc(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = dataclasses.MISSING):
-    """A dataclass field with a one-line doc kept in its metadata (shown by `describe`)."""
-    if factory is not dataclasses.MISSING:
-        return dataclasses.field(default_factory=factory, metadata={"doc": doc})
-    if isinstance(default, (list, dict, set)):
-        value = default
-        return dataclasses.field(default_factory=lambda: type(value)(value), metadata={"doc": doc})
-    return dataclasses.field(default=default, metadata={"doc": doc})
 
 
 # -- reading files -------------------------------------------------------------------------------------
@@ -201,10 +193,6 @@ def blame(origin: dict[str, str], *dotted: str) -> str:
     return ", ".join(sources)
 
 
-def _type_name(tp: Any) -> str:
-    if isinstance(tp, type):
-        return tp.__name__
-    return str(tp).replace("typing.", "")
 
 
 def _fail(origin: dict, dotted: str, what: str, fix: str) -> ConfigError:
@@ -229,7 +217,7 @@ def convert(value: Any, tp: Any, origin: dict[str, str], dotted: str) -> Any:
         if value is None or (isinstance(value, CliText) and value.strip().lower() in ("null", "none", "~")):
             if type(None) in args:
                 return None
-            raise _fail(origin, dotted, "must not be null", f"give a {_type_name(tp)}")
+            raise _fail(origin, dotted, "must not be null", f"give a {type_name(tp)}")
         errors = []
         for member in members:
             try:
@@ -237,7 +225,7 @@ def convert(value: Any, tp: Any, origin: dict[str, str], dotted: str) -> Any:
             except ConfigError as err:
                 errors.append(err)
         raise errors[0] if len(errors) == 1 else _fail(
-            origin, dotted, f"expected {_type_name(tp)}, got {value!r}", f"give a {_type_name(tp)}")
+            origin, dotted, f"expected {type_name(tp)}, got {value!r}", f"give a {type_name(tp)}")
     if hint is Literal:
         candidate = value
         if isinstance(value, CliText) and str(value) not in [str(a) for a in args]:
@@ -251,6 +239,8 @@ def convert(value: Any, tp: Any, origin: dict[str, str], dotted: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
+        if isinstance(value, CliText):  # `--set section={key: value}`
+            value = _parse_cli(value)
         if not isinstance(value, dict):
             raise _fail(origin, dotted, f"expected a section ({tp.__name__}), got {value!r}",
                         "write it as a mapping of keys")
@@ -270,7 +260,7 @@ def convert(value: Any, tp: Any, origin: dict[str, str], dotted: str) -> Any:
         if isinstance(value, tuple):
             value = list(value)
         if not isinstance(value, list):
-            raise _fail(origin, dotted, f"expected a list ({_type_name(tp)}), got {value!r}",
+            raise _fail(origin, dotted, f"expected a list ({type_name(tp)}), got {value!r}",
                         "write it as [a, b, ...]")
         if hint is list:
             (item_tp,) = args or (Any,)
@@ -311,7 +301,7 @@ def convert(value: Any, tp: Any, origin: dict[str, str], dotted: str) -> Any:
         raise _fail(origin, dotted, f"expected a path, got {value!r}", "write a path as text")
     if isinstance(tp, type) and isinstance(value, tp):
         return value
-    raise _fail(origin, dotted, f"cannot read {value!r} as {_type_name(tp)}", "check the field's type")
+    raise _fail(origin, dotted, f"cannot read {value!r} as {type_name(tp)}", "check the field's type")
 
 
 def build_dataclass(cls: type, data: dict, origin: dict[str, str], prefix: str = "") -> Any:
@@ -355,24 +345,3 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
-
-
-def describe(cls: type, prefix: str = "") -> list[str]:
-    """One line per field: dotted key, type, default and doc (for `--describe`)."""
-    lines = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}{f.name}"
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            lines.append(f"{key}: section ({tp.__name__})  {f.metadata.get('doc', '')}".rstrip())
-            lines.extend(describe(tp, key + "."))
-            continue
-        if f.default is not dataclasses.MISSING:
-            default = repr(f.default)
-        elif f.default_factory is not dataclasses.MISSING:
-            default = repr(f.default_factory())
-        else:
-            default = "(required)"
-        lines.append(f"{key}: {_type_name(tp)} = {default}  {f.metadata.get('doc', '')}".rstrip())
-    return lines

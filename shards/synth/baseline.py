@@ -1,7 +1,7 @@
 """Sanity baselines for the synth suite: logistic regression on hand-made features, train -> held out.
 
 Reads the raw trees that `generate_suite` wrote (through their published split files, not the shard
-builder), samples 16 frames uniformly per video (the probe protocol of paper-spec.md section 5),
+builder), samples 16 frames uniformly per video (the probe protocol of docs/paper.md §5),
 downsamples them to 16x16, and fits scikit-learn's logistic regression (after standardising and a
 PCA; the best held-out score over a small grid of PCA sizes and C is reported) on three features:
 

@@ -1,4 +1,4 @@
-"""PyAV reference path (tests and benchmarks only): the same clip as the DALI graph, decoded per file.
+"""The PyAV oracle (tests and benchmarks only): the same clip as the DALI graph, decoded per file by FFmpeg.
 
 Given a sampler's plan it reads the same member bytes, decodes the same frames with PyAV (FFmpeg),
 applies the same crop box, flip, resize and normalisation in PyTorch, and returns tensors in the batch
@@ -96,7 +96,7 @@ def normalise(clip: torch.Tensor, cfg: LoaderConfig) -> torch.Tensor:
     return ((clip - mean) / std).permute(1, 0, 2, 3).contiguous()
 
 
-def reference_sample(cfg: LoaderConfig, source, is_image: bool, frames: np.ndarray, roi_start: np.ndarray,
+def oracle_sample(cfg: LoaderConfig, source, is_image: bool, frames: np.ndarray, roi_start: np.ndarray,
                      roi_end: np.ndarray, dali_colour: bool = True) -> torch.Tensor:
     """One clip [3, T, S, S] from a file path or the member bytes, following one slot of a plan."""
     if is_image:
@@ -107,14 +107,14 @@ def reference_sample(cfg: LoaderConfig, source, is_image: bool, frames: np.ndarr
     return normalise(clip, cfg)
 
 
-def reference_batch(sampler: ClipSampler, plan: BatchPlan) -> dict:
+def oracle_batch(sampler: ClipSampler, plan: BatchPlan) -> dict:
     """The batch the DALI loader yields for `plan`, decoded with PyAV from the same shard members."""
     clips, labels, keys = [], [], []
     for i in range(len(plan.row)):
         d, r = int(plan.dataset_id[i]), int(plan.row[i])
         index = sampler.indexes[d]
         encoded = read_member(index.shard_paths[index.shard_id[r]], int(index.media_offset[r]), int(index.media_size[r]))
-        clips.append(reference_sample(sampler.cfg, encoded, bool(plan.is_image[i]), plan.frames[i],
+        clips.append(oracle_sample(sampler.cfg, encoded, bool(plan.is_image[i]), plan.frames[i],
                                       plan.roi_start[i], plan.roi_end[i]))
         labels.append(int(index.label[r]))
         keys.append(str(index.keys[r]))

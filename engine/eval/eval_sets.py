@@ -1,6 +1,6 @@
 """The benchmark protocol table: which shard folder and splits, which probes, how long to train them.
 
-Defaults follow the studied paper (paper-spec §5): UCF-101 split 1 and Diving-48 with its "attentive
+Defaults follow the studied paper (docs/paper.md §5): UCF-101 split 1 and Diving-48 with its "attentive
 probe" on all tokens; SSv2 twice, as the paper did it (that probe on one mean-pooled token, effectively a
 non-linear probe on average-pooled features) and with a real V-JEPA attentive pooler on all tokens;
 ImageNet-100 with a linear probe on mean-pooled tokens. Epochs are the same for every encoder; the

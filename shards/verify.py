@@ -1,0 +1,126 @@
+"""`python -m shards.verify OUT [--split S ...] [--list]`: read a shard set as any WebDataset consumer would and
+check it against its own index.parquet and manifest.json.
+
+For whoever receives a shard set, or wants to know what a build left: without the engine, it checks that
+  - every tar the manifest lists is there, with the manifest's size and sha256, and no index row names
+    another one;
+  - webdataset's own reader yields, shard by shard, exactly the index's samples in index order, each with
+    its `<key>.<media_ext>` and `<key>.json` members and nothing else, the json's label being the index's;
+  - the bytes at each row's recorded offset and size are that media member (the loader reads them there);
+  - each split holds the number of samples the manifest says.
+`--list` also prints one line per sample: split, shard, key, media ext, label and label name.
+Exit status 0 when all agrees, 1 with one line per problem found, 2 when OUT is not a shard folder.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import webdataset as wds
+
+from shards.catalog import INDEX_NAME, read_index, read_manifest
+from shards.errors import LayoutError
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_at(path: Path, offset: int, size: int) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        return fh.read(size)
+
+
+def check_shard(path: Path, rows: list[dict], listing: list[str] | None = None) -> list[str]:
+    """Problems of one tar against its index rows (ordered by media_offset); appends --list lines."""
+    problems = []
+    samples = list(wds.WebDataset(str(path), shardshuffle=False, empty_check=False))
+    keys = [sample["__key__"] for sample in samples]
+    expected = [row["key"] for row in rows]
+    if keys != expected:
+        missing, extra = sorted(set(expected) - set(keys)), sorted(set(keys) - set(expected))
+        problems.append(f"{path}: the tar's samples differ from the index's (missing {missing[:3]}, not indexed "
+                        f"{extra[:3]}, or out of order)")
+    for sample, row in zip(samples, rows):
+        where = f"{path}: sample {row['key']!r}"
+        members = {name for name in sample if not name.startswith("__")}
+        if members != {row["media_ext"], "json"}:
+            problems.append(f"{where}: members {sorted(members)}, the index expects {row['media_ext']!r} and 'json'")
+            continue
+        media = sample[row["media_ext"]]
+        if len(media) != row["media_size"] or _read_at(path, row["media_offset"], row["media_size"]) != media:
+            problems.append(f"{where}: the media bytes at index offset {row['media_offset']} ({row['media_size']} "
+                            f"bytes) are not the tar's member")
+        label = json.loads(sample["json"]).get("label")
+        if label != row["label"]:
+            problems.append(f"{where}: label {label!r} in its json, {row['label']!r} in the index")
+        if listing is not None:
+            listing.append(f"{row['split']}\t{path.name}\t{row['key']}\t{row['media_ext']}\t{row['label']}\t"
+                           f"{row['label_name']}")
+    return problems
+
+
+def verify(out: Path, splits: list[str] | None = None, listing: list[str] | None = None) -> list[str]:
+    """Every problem of the shard set in `out` (all splits, or `splits`), one line each; [] when it is whole."""
+    index, manifest = read_index(out), read_manifest(out)
+    if index is None or manifest is None:
+        raise LayoutError(f"{out}: no index.parquet and manifest.json; fix: pass the --out folder of "
+                          f"`python -m shards.build`")
+    rows = index.to_pylist()
+    problems = []
+    for split in splits or sorted(manifest["splits"]):
+        entry = manifest["splits"].get(split)
+        if entry is None:
+            problems.append(f"{out}: split {split!r} is not in the manifest (it has {sorted(manifest['splits'])})")
+            continue
+        split_rows = [row for row in rows if row["split"] == split]
+        listed = {shard["name"]: shard for shard in entry["shards"]}
+        for name in sorted({row["shard"] for row in split_rows} - set(listed)):
+            problems.append(f"{out / INDEX_NAME}: rows of split {split!r} name shard {name!r}, which the manifest "
+                            f"does not list")
+        for name, shard in listed.items():
+            path = out / name
+            if not path.is_file():
+                problems.append(f"{path}: missing (listed in the manifest)")
+                continue
+            if path.stat().st_size != shard["size"] or _sha256(path) != shard["sha256"]:
+                problems.append(f"{path}: size or sha256 differs from the manifest's")
+            shard_rows = sorted((row for row in split_rows if row["shard"] == name), key=lambda r: r["media_offset"])
+            problems += check_shard(path, shard_rows, listing)
+        if len(split_rows) != entry["count"]:
+            problems.append(f"{out}: split {split!r} has {len(split_rows)} index rows, the manifest counts "
+                            f"{entry['count']}")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shards.verify", description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="a shard folder written by `python -m shards.build --out`")
+    parser.add_argument("--split", action="append", help="check only this split (repeatable; default: all)")
+    parser.add_argument("--list", action="store_true", help="print one line per sample")
+    args = parser.parse_args(argv)
+    listing: list[str] | None = [] if args.list else None
+    try:
+        problems = verify(args.out, args.split, listing)
+    except LayoutError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for line in listing or ():
+        print(line)
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"{args.out}: every shard agrees with index.parquet and manifest.json", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
