@@ -21,11 +21,12 @@ shards: install
 	$(PY) -m shards.build synth --root $(DATA)/raw --out $(DATA)/shards --scale demo --seed 0
 
 # Pretrain the demo-scale mixed-regime FWM recipe (resumes if a run is already there), then probe the
-# exported encoder on the four synth benchmarks and print the table.
+# exported encoder on the four synth benchmarks beside its random init and the pixel baseline (mean and
+# 95% interval over 3 probe seeds) and print the table.
 demo: shards
 	$(PY) -m engine.train --recipe recipes/demo/mixed_fwm.yaml --resume auto
 	$(PY) -m engine.eval.evaluate runs/demo_mixed_fwm/encoder.safetensors --benchmarks synth \
-		--shards $(DATA)/shards --out runs/demo_mixed_fwm/eval --probe-epochs 20
+		--shards $(DATA)/shards --out runs/demo_mixed_fwm/eval --probe-epochs 20 --baselines --probe-seeds 3
 
 test: install
 	$(PY) -m pytest -q
