@@ -18,9 +18,9 @@ from shards.synth import assets, draw, scenes
 MOTIONS = ("slide", "spin")
 
 def render_audit_clip(rng, digit_index, frames=8, size=64):
-    """[T, H, W, 3] uint8, the audit's easier moving digits (../shared/docs/learning-audit.md section 2, as
-    described there): a 20 px white digit sliding in a straight line on a flat grey with pixel noise, no
-    rotation, no colour; a calibration of the search loop against the audit's supervised check."""
+    """[T, H, W, 3] uint8, moving digits as an earlier audit described its easier check (docs/learning.md,
+    calibration): a 20 px white digit sliding in a straight line on a flat grey with pixel noise, no rotation,
+    no colour; a calibration of the search loop against that audit's supervised check."""
     px = 20
     sprite = draw.sprite_from(assets.digit_alpha(digit_index, px), draw.solid_fill(np.array([255.0, 255.0, 255.0]), px))
     backdrop = draw.to_image(np.full((size, size, 3), 100.0))

@@ -60,6 +60,9 @@ p.add_argument("--probe-n", type=int, default=1000)
 p.add_argument("--probe-batch", type=int, default=32)
 p.add_argument("--probe-lr", type=float, default=1e-3)
 p.add_argument("--pixel", action="store_true")
+p.add_argument("--probe-features", choices=("normed", "residual"), default="normed",
+               help="what the probe reads: the eval features (per-token LayerNorm of the last level, as the engine "
+                    "evaluates) or the last block's residual stream before that norm, where token magnitude survives")
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--aug", action="store_true")
 p.add_argument("--out", required=True)
@@ -111,6 +114,13 @@ for n_, p_ in jepa.named_parameters():
     (no_decay if p_.ndim < 2 else decay).append(p_)
 opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.wd}, {"params": no_decay, "weight_decay": 0.0}], lr=a.lr, betas=(0.9, 0.999))
 
+def residual_stream(module, video):  # [B, C, T, H, W] -> [B, N, D]: the last block's output before the level norm
+    from engine.models.layers import apply_block
+    x, rope = module.embed_tokens(video)
+    for block in module.blocks:
+        x = apply_block(block, x, rope, False)
+    return x
+
 @torch.no_grad()
 def features(module, clips, pixel=False):
     out = []
@@ -119,6 +129,8 @@ def features(module, clips, pixel=False):
         v = to_video(clips[i:i + 64])
         if pixel:
             f = module.patch_embed(v).flatten(2).transpose(1, 2)
+        elif a.probe_features == "residual":
+            f = residual_stream(module, v)
         else:
             f = module.forward_eval(v)
         out.append(f.half())
