@@ -86,3 +86,19 @@ def wait_gone(pids: list[int], timeout: float) -> list[int]:
         for fd in fds.values():
             if fd is not None:
                 os.close(fd)
+
+
+def wait_until(condition, process, timeout: float, what: str, interval: float = 0.01) -> None:
+    """Poll `condition()` while `process` (a Popen) runs. Returns as soon as it holds; an AssertionError that
+    says which happened otherwise: the process exited first (with its exit code), or `timeout` seconds
+    passed with the process still running (a bound for a hang on a loaded machine, not a duration)."""
+    start = time.monotonic()
+    while True:
+        if condition():
+            return
+        code = process.poll()
+        if code is not None:
+            raise AssertionError(f"the process exited with code {code} before {what}")
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"{what}: not within {timeout:.0f} s, the process still running")
+        time.sleep(interval)
