@@ -20,14 +20,31 @@ if not _has_cuda():
 import pytest  # noqa: E402
 
 
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"  # kernels.dispatch.interpreting(), without importing it
+
+
 def pytest_collection_modifyitems(config, items):
-    """GPU tests are skipped, never faked, when CUDA is absent."""
-    if _has_cuda():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    """GPU tests are skipped, never faked, when CUDA is absent. Interpreter tests are skipped on a CUDA
+    machine whose kernels compile (TRITON_INTERPRET unset or 0: the gpu tests test them there)."""
+    cuda = _has_cuda()
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip_interpreter = pytest.mark.skip(reason="Triton interpreter tests: this CUDA machine compiles the kernels "
+                                               "(TRITON_INTERPRET=1 runs these too)")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "gpu" in item.keywords and not cuda:
+            item.add_marker(skip_gpu)
+        if "interpreter" in item.keywords and cuda and not _interpreting():
+            item.add_marker(skip_interpreter)
+
+
+def pytest_runtest_setup(item):
+    """Without CUDA the interpreter is the only place the Triton kernels run: TRITON_INTERPRET set to anything
+    but 1 (conftest sets 1 only when it is unset) would leave them untested, so the tests fail and say why."""
+    if "interpreter" in item.keywords and not _has_cuda() and not _interpreting():
+        pytest.fail(f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')!r} on a machine without CUDA: the Triton "
+                    f"kernels run only in the interpreter here, so this test would test nothing; unset it "
+                    f"(tests/conftest.py then sets 1) or set TRITON_INTERPRET=1", pytrace=False)
 
 
 @pytest.fixture(autouse=True, scope="module")
