@@ -1,12 +1,12 @@
 # The two commands of the README: `make demo` (install, build the synth demo, pretrain, evaluate) and
-# `make test`. Everything else is a step of those two.
+# `make test` (`make test-quick`: the tests not marked slow). Everything else is a step of those.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # The demo recipes read data/shards/synth-*, so the data folder is fixed.
 DATA   := data
 
-.PHONY: install demo test shards clean-demo
+.PHONY: install demo test test-quick shards clean-demo
 
 $(VENV)/.installed: requirements-cpu.txt constraints-cpu.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,13 @@ demo: shards
 	$(PY) -m engine.eval.evaluate runs/demo_mixed_fwm/encoder.safetensors --benchmarks synth \
 		--shards $(DATA)/shards --out runs/demo_mixed_fwm/eval --probe-epochs 20 --baselines --probe-seeds 3
 
+# Every test (the slow ones too: real DeepSpeed launches, signals, resumes), within 15 minutes on 2 cores.
 test: install
 	$(PY) -m pytest -q
+
+# The tests not marked slow: everything but the real training runs.
+test-quick: install
+	$(PY) -m pytest -q -m "not slow"
 
 clean-demo:
 	rm -rf $(DATA)/raw $(DATA)/shards

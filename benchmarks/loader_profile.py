@@ -39,6 +39,12 @@ def busy_jiffies() -> tuple[int, int]:
     return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
 
 
+def cpus_counted() -> int:
+    """How many CPUs the first line of /proc/stat adds up (its cpuN lines): the cores busy_cores is out of,
+    whatever os.cpu_count() says (PYTHON_CPU_COUNT, offline CPUs)."""
+    return sum(1 for line in Path("/proc/stat").read_text().splitlines() if line[:3] == "cpu" and line[3:4].isdigit())
+
+
 def measure(next_batch, batches: int) -> dict:
     for _ in range(3):
         next_batch()
@@ -48,7 +54,7 @@ def measure(next_batch, batches: int) -> dict:
         next_batch()
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     busy1, total1 = busy_jiffies()
-    cores = os.cpu_count() * (busy1 - busy0) / max(total1 - total0, 1)
+    cores = cpus_counted() * (busy1 - busy0) / max(total1 - total0, 1)
     return {"wall_ms": 1e3 * wall / batches, "process_cpu_ms": 1e3 * cpu / batches, "busy_cores": cores}
 
 

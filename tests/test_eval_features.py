@@ -121,7 +121,19 @@ def test_evaluate_encoder_reuses_results_and_caches(shard_folder, tmp_path):
     result = entry["probes"]["paper_attentive"]
     assert loader_calls == ["train", "test"]
     assert (result["num_train"], result["num_test"], result["num_classes"]) == (6, 3, 3)
-    assert 0.0 <= result["heads"][0]["top1"] <= 100.0 and entry["split_check"]["shared_keys"] == 0
+    assert entry["split_check"]["shared_keys"] == 0
+    # The stored scores are those of the headline probe trained on the cached train split with the asked
+    # epochs, batch, lr and seed, and scored on the cached test split: retrain it here from the caches.
+    from engine.eval.probe_train import ProbeTrainConfig, train_probe_sweep
+    (train_dir,) = (tmp_path / "cache").rglob("train-tokens-1x1")
+    (test_dir,) = (tmp_path / "cache").rglob("test-tokens-1x1")
+    train, test = load_cache(train_dir), load_cache(test_dir)
+    assert train.keys == [f"tr_{i:05d}" for i in range(6)] and test.keys == [f"te_{i:05d}" for i in range(3)]
+    again = train_probe_sweep(train, test, BENCHMARKS["synth-diving"].headline.arch,
+                              ProbeTrainConfig(epochs=2, batch_size=4, lr=1e-3, weight_decay=0.01, seed=0), 3)
+    assert result["heads"] == again.as_dict()["heads"]
+    assert min(abs(result["heads"][0]["top1"] - 100 * k / 3) for k in range(4)) < 1e-9  # of 3 test clips
+    assert result["heads"][0]["top5"] == 100.0  # 3 classes: the top 5 hold them all
     assert evaluate_encoder(*args, batch_source=counting_loader) == stored  # stored result reused
     (tmp_path / "evals" / "random_s0.json").unlink()
     again = evaluate_encoder(*args, batch_source=counting_loader, device=torch.device("cpu"))

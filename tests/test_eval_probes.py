@@ -88,19 +88,40 @@ def test_paper_probe_equals_full_self_attention_cls_row():
 def test_topk_and_view_averaging():
     logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1]])
     assert topk_correct(logits, torch.tensor([1, 2]), ks=(1, 2)) == {1: 1, 2: 1}
-    two_views = torch.tensor([[10.0, 0.0], [0.0, 1.0]])  # one sample, confident view wins the average
-    assert average_view_probabilities(two_views, 2).argmax().item() == 0
+    # Two samples x three views, rows in (sample, view) order. Sample 0: view 0 alone says class 1 and the
+    # mean logit says class 1, the mean softmax says class 0; sample 1 is sample 0 with the classes swapped.
+    views = torch.tensor([[0.0, 100.0], [5.0, 0.0], [5.0, 0.0], [100.0, 0.0], [0.0, 5.0], [0.0, 5.0]])
+    averaged = average_view_probabilities(views, 3)
+    a = 2 * torch.sigmoid(torch.tensor(5.0)).item() / 3        # mean of softmax [~0, 1], [s, 1-s], [s, 1-s]
+    torch.testing.assert_close(averaged, torch.tensor([[a, 1 - a], [1 - a, a]]), rtol=0, atol=1e-6)
+    assert averaged.argmax(1).tolist() == [0, 1]
+    assert views[::3].argmax(1).tolist() == [1, 0] and views.view(2, 3, 2).mean(1).argmax(1).tolist() == [1, 0]
 
 
-def test_views_train_as_examples_and_average_at_test():
-    """Two spatial views per sample: training sees both, scoring averages their softmax per sample."""
-    train, test = _separable(16, seed=0), _separable(10, seed=1)
-    for cached in (train, test):
-        cached.features = torch.cat([cached.features, cached.features.flip(2)], dim=1)  # [n, V=2, L, D]
+def _with_noise_view(cached: CachedFeatures, signal_view: int, seed: int) -> CachedFeatures:
+    """Two views [n, V=2, L, D]: the class signal in `signal_view`, features of no class in the other."""
+    noise = torch.randn(cached.features.shape, generator=torch.Generator().manual_seed(seed)).to(torch.float16)
+    views = [cached.features, noise] if signal_view == 0 else [noise, cached.features]
+    return CachedFeatures(features=torch.cat(views, dim=1), labels=cached.labels, keys=cached.keys, meta={})
+
+
+@pytest.mark.parametrize("signal_view", [0, 1])
+def test_views_train_as_examples_and_average_at_test(signal_view):
+    """Two spatial views per sample: training sees both (each with its sample's label), scoring averages
+    their softmax per sample. At test time one view carries the class and the other none: the averaged
+    prediction follows the confident view, whichever it is; scoring one view alone would sit near chance
+    (25%) for one of the two cases."""
+    train = _separable(16, seed=0)
+    train.features = torch.cat([train.features, _separable(16, seed=2).features], dim=1)  # two noisy copies
+    test = _with_noise_view(_separable(10, seed=1), signal_view, seed=3)
     config = ProbeTrainConfig(epochs=10, batch_size=16, lr=1e-2, seed=0)
     result = train_probe_sweep(train, test, ProbeArch(kind="linear"), config, NUM_CLASSES)
     assert (result.num_train, result.num_test) == (64, 40)
-    assert result.protocol.top1 >= 90.0
+    assert result.protocol.top1 >= 90.0, result.protocol
+    noise_only = _with_noise_view(_separable(10, seed=1), signal_view, seed=3)
+    noise_only.features = noise_only.features[:, 1 - signal_view:2 - signal_view]  # the uninformative view alone
+    alone = train_probe_sweep(train, noise_only, ProbeArch(kind="linear"), config, NUM_CLASSES)
+    assert alone.protocol.top1 < 50.0, alone.protocol  # so the averaged score above did use the other view
 
 
 def test_standardized_probe_finds_a_small_signal_under_a_large_common_component():

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from engine.eval.encoder_eval import EvalConfig
 from engine.eval.results import read_csv
@@ -11,6 +12,7 @@ from engine.eval.study import StudyConfig, parse_args, run_study
 from engine.export import export_encoder
 from engine.models import VisionTransformer, model_preset
 
+REPO = Path(__file__).resolve().parents[1]
 TINY = model_preset("tiny", img_size=16, patch_size=8, num_frames=4, tubelet_size=2, embed_dim=24, depth=1, num_heads=4)
 
 
@@ -87,7 +89,94 @@ def test_command_line_builds_the_documented_study():
                         "--scale demo --out study/demo".split())
     assert config.seeds == [0, 1, 2] and len(config.variants) == 7 and config.out == Path("study/demo")
     assert config.evaluation.benchmarks == ("synth-ucf", "synth-diving", "synth-ssv2", "synth-in")
-    assert all((Path("recipes/demo") / f"{r}_{v}.yaml").exists() for v in config.variants for r in config.regimes)
+    # The study is run from the repository root (the README's command); the test may run from anywhere.
+    recipes = REPO / config.resolved_recipes_dir()
+    assert all((recipes / f"{r}_{v}.yaml").exists() for v in config.variants for r in config.regimes)
+
+
+# Probe scores the fake evaluation gives a run trained with seed s: UCF-only BASE[s], mixed BASE[s] + GAIN[s].
+# Far apart per seed, so any mix-up of seeds between training, results and the paired Δ shows.
+BASE = {5: 40.0, 1: 10.0, 3: 25.0}
+GAIN = {5: -20.0, 1: 30.0, 3: 5.0}  # reorders the seeds: pairing by rank instead of by seed would differ
+
+
+def test_each_run_trains_with_its_seed_and_the_delta_pairs_the_same_seeds(tmp_path, monkeypatch):
+    """End to end through `python -m engine.train`'s own argument and recipe handling (run in-process with
+    the Trainer replaced by one that records the seed it was given and exports an encoder initialised from
+    it): each run's command carries its seed, the evaluation sees the weights of that seed, and the regime
+    Δ pairs mixed and UCF-only runs of the same seed."""
+    import sys
+
+    import yaml
+
+    import engine.eval.runs as runs
+    import engine.train as train
+    from data_fixtures import FixtureSpec, write_dataset
+    from engine.eval.results import regime_deltas
+    from engine.export import read_metadata
+    from engine.recipe import dump_recipe
+
+    shards = write_dataset(tmp_path / "shards", FixtureSpec("tiny", 2, num_frames=4, height=16, width=16))
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    base = {"run": {"name": "unnamed", "seed": 99, "out_dir": str(tmp_path / "elsewhere")},
+            "model": {"preset": "tiny", "img_size": 16, "num_frames": 4, "patch_size": 8, "tubelet_size": 2},
+            "predictor": {"preset": "tiny"}, "objective": {"variant": "baseline"},
+            "data": {"datasets": [{"root": str(shards)}]}, "train": {"steps": 1, "global_batch": 2, "micro_batch": 2}}
+    (recipes / "base.yaml").write_text(yaml.safe_dump(base))
+    for regime in ("ucf", "mixed"):
+        (recipes / f"{regime}_baseline.yaml").write_text(f"base: base.yaml\nrun: {{name: {regime}_baseline}}\n")
+
+    trained = []
+
+    class RecordingTrainer:
+        def __init__(self, recipe, resume):
+            self.recipe, self.resume = recipe, resume
+
+        def run(self):
+            run = self.recipe.run
+            trained.append((run.name, run.seed, self.resume))
+            torch.manual_seed(run.seed)  # the real trainer's init is a function of run.seed alone, as here
+            dump_recipe(self.recipe, self.recipe.run_dir / "recipe.yaml")
+            export_encoder(VisionTransformer(TINY), TINY, self.recipe.run_dir / "encoder.safetensors",
+                           trained_encoder="target_encoder", step=1, seed=run.seed)
+            return 0
+
+    def call(command, stdout=None, stderr=None, env=None):  # what train_with_entry_point runs, in-process
+        assert command[:3] == [sys.executable, "-m", "engine.train"], command
+        return train.main(command[3:])
+
+    monkeypatch.setattr(train, "Trainer", RecordingTrainer)
+    monkeypatch.setattr(runs.subprocess, "call", call)
+
+    def evaluate(source, config, shards_root, cache_dir, results_dir):
+        if source.kind == "run":
+            seed = read_metadata(source.path)["seed"]
+            assert seed in BASE, f"{source.name} was trained with seed {seed}, not one of the study's"
+            torch.manual_seed(seed)
+            weights = VisionTransformer(TINY).state_dict()
+            assert all(torch.equal(weights[k], v) for k, v in source.load(torch.device("cpu")).state_dict().items())
+            top1 = BASE[seed] + (GAIN[seed] if "_mixed_" in source.name else 0.0)
+        else:
+            top1 = 1.0
+        stored = fake_evaluate(source, config, shards_root, cache_dir, results_dir)
+        stored["benchmarks"]["synth-ucf"]["probes"]["paper_attentive"]["heads"][0]["top1"] = top1
+        return stored
+
+    config = StudyConfig(variants=["baseline"], regimes=["ucf", "mixed"], seeds=[5, 1, 3], scale="demo",
+                         out=tmp_path / "study", runs_dir=tmp_path / "runs", cache_dir=tmp_path / "cache",
+                         recipes_dir=recipes, evaluation=EvalConfig(benchmarks=("synth-ucf",)))
+    report = run_study(config, evaluate_fn=evaluate)
+
+    assert sorted(trained) == sorted((f"demo_{regime}_baseline_s{seed}", seed, "auto")
+                                     for regime in ("ucf", "mixed") for seed in (5, 1, 3))
+    rows = read_csv(config.out / "results.csv")
+    (delta,) = regime_deltas(rows)
+    assert delta.single == BASE and delta.mixed == {s: BASE[s] + GAIN[s] for s in BASE}
+    assert delta.delta.seeds == (1, 3, 5) and delta.delta.differences == (30.0, 5.0, -20.0)
+    assert delta.delta.mean == 5.0 and delta.delta.num_pairs == 3 and delta.delta.std == 25.0
+    # The interval of the paired differences: 5 ± t(0.975, 2) x 25 / sqrt(3).
+    assert "| baseline | 25.00 ± 15.00 | 30.00 ± 10.00 | +5.00 | [-57.10, +67.10] | 3 |" in report.read_text()
 
 
 def test_a_failing_run_is_reported_and_the_rest_go_on(config):

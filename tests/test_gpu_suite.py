@@ -16,13 +16,17 @@ import pytest
 
 from benchmarks.gpu import suite, wheels
 from benchmarks.gpu.devinfo import gpu_slug
+from proc_helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # its train_step stage runs engine.train three times: ~35 s on the 2-core machine
 def test_dry_run_builds_every_stage_and_runs_the_cpu_parts(tmp_path):
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHON=sys.executable)
+    # Its train_step stage runs `python -m engine.train` three times, one after the other: on a port free now
+    # rather than the trainer's own 29500 + pid % 1000, which another suite's run can hold.
+    env = dict(os.environ, PYTHON=sys.executable, MASTER_PORT=str(free_port()))
     env.pop("OUT", None)
     start = time.monotonic()
     result = subprocess.run(["bash", "benchmarks/gpu/run.sh", "--dry-run", str(out)], cwd=REPO, env=env,

@@ -64,7 +64,7 @@ print("ok")
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
-@pytest.mark.skipif(not kernels.dispatch.interpreting(), reason="needs TRITON_INTERPRET=1")
+@pytest.mark.interpreter
 def test_autotune_shim_pins_the_first_config_under_the_interpreter():
     import triton
     import triton.language as tl

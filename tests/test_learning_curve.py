@@ -27,6 +27,7 @@ from engine.eval.learning_curve import choose_points, learning_curve
 from engine.eval.learning_curve import main as learning_curve_main
 from engine.export import export_encoder, load_encoder
 from engine.models import model_preset
+from proc_helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = model_preset("tiny", img_size=16, patch_size=8, num_frames=4, tubelet_size=2, embed_dim=24, depth=2, num_heads=4)
@@ -100,7 +101,9 @@ def _train_tiny_run(shards: Path, root: Path) -> Path:
     }
     path = root / "tiny_lc.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # MASTER_PORT: free now, rather than the trainer's own 29500 + pid % 1000, which another suite's run can hold.
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+           "MASTER_PORT": str(free_port())}
     proc = subprocess.Popen([sys.executable, "-m", "engine.train", "--recipe", str(path)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:

@@ -1,7 +1,6 @@
 """benchmarks/loader.py and loader_profile.py run end to end on miniature synth shards and write
 consistent results."""
 import json
-import os
 
 import pytest
 
@@ -41,8 +40,10 @@ def test_loader_profile_smoke(synth_shards, tmp_path):
                     "--state-seconds", "0.3", "--out", str(stem)]) == 0
     report = json.loads(stem.with_suffix(".json").read_text())
     assert report["plan_cpu_ms_per_batch"] > 0 and report["augment_normalise_ms_per_batch"] > 0
+    # busy_cores is machine-wide (/proc/stat): at most every CPU that file counts, whatever os.cpu_count() says.
+    cpus = sum(1 for line in open("/proc/stat") if line[:3] == "cpu" and line[3:4].isdigit())
     for run in report["runs"].values():
-        assert run["wall_ms"] > 0 and 0 <= run["busy_cores"] <= 1.05 * os.cpu_count()
+        assert run["wall_ms"] > 0 and run["process_cpu_ms"] > 0 and 0 <= run["busy_cores"] <= cpus, (run, cpus)
     states = report["thread_states_caller_pool0_pool1"]
     assert states and abs(sum(states.values()) - 1) < 0.01
     assert report["a_over_c"] == round(report["runs"]["c_decode_only"]["wall_ms"] / report["runs"]["a_loader"]["wall_ms"], 3)

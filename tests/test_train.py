@@ -8,6 +8,11 @@ Four single-process runs and one two-process run share a tiny recipe (ViT 64-d, 
   C  `python --resume auto`: continues B from step 10 to 20.       A and B+C must agree bit for bit.
   D  `deepspeed --num_gpus 2`: SIGTERM to the launcher mid-run -> checkpoint, clean exit; loss went down.
   E  `python`: NaN from step 3 on -> 3 in a row stop the run with a checkpoint of the last good weights.
+  F  `deepspeed --num_gpus 2`: 6 steps straight; G the same SIGKILLed while writing its step-6 checkpoint;
+     H G resumed from step 3 to 6.                                   F and G+H must agree bit for bit.
+  I  `python` x 2 at once: a variant without EMA target (kinematic), with and without paper_compat: the
+     export is the online encoder, or (paper_compat) the untouched EMA copy.
+Every launch gets a free port (proc_helpers.free_port): two suites can run at once.
 """
 from __future__ import annotations
 
@@ -17,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +30,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
+from proc_helpers import free_port, wait_until  # noqa: E402
 
 pytestmark = pytest.mark.slow  # DeepSpeed start-up: ~4 s of CPU per process, much more wall time on a busy machine
 
@@ -90,25 +95,47 @@ def setup(tmp_path_factory):
 
 
 def _env(**extra):
+    # MASTER_PORT: a plain `python -m engine.train` otherwise picks 29500 + pid % 1000, which a run of another
+    # suite on the same machine can hold at the same time. The deepspeed launcher sets it from --master_port.
     env = dict(os.environ)
-    env.update({"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    env.update({"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+                "MASTER_PORT": str(free_port())})
     env.update(extra)
     return env
 
 
-def _run(cmd, timeout=300, **env):
-    """Run in a process group of its own, output to files; afterwards SIGKILL whatever of the group is
-    left (DALI's reader worker processes outlive a SIGKILLed parent and would hold pipes open)."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=_env(**env), stdout=out, stderr=err, text=True,
-                                start_new_session=True)
-        try:
-            proc.wait(timeout=timeout)
-        finally:
-            _kill_group(proc)
+def _start(cmd, **env):
+    """Start in a process group of its own, output to temporary files; finish with _finish."""
+    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(**env), stdout=out, stderr=err, text=True,
+                            start_new_session=True)
+    return cmd, proc, out, err
+
+
+def _finish(started, timeout=300) -> subprocess.CompletedProcess:
+    """Wait for a started run; afterwards SIGKILL whatever of its group is left (DALI's reader worker
+    processes outlive a SIGKILLed parent and would hold pipes open). A run past `timeout` fails with its
+    output rather than a bare TimeoutExpired."""
+    cmd, proc, out, err = started
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        _kill_group(proc)
+    with out, err:
         out.seek(0)
         err.seek(0)
-        return subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
+        result = subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
+    assert not timed_out, (f"{' '.join(map(str, cmd[:4]))} ... still running after {timeout} s (killed): "
+                           f"{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    return result
+
+
+def _run(cmd, timeout=300, **env):
+    """Run to the end (see _start and _finish)."""
+    return _finish(_start(cmd, **env), timeout)
 
 
 def _kill_group(proc) -> None:
@@ -145,7 +172,7 @@ def _adam_steps(checkpoint: Path) -> int:
 @pytest.fixture(scope="module")
 def straight(setup):
     root, recipe, wrapper = setup
-    result = _run(_deepspeed() + ["--num_gpus", "1", "--master_port", "29631", str(wrapper), "--recipe", str(recipe)],
+    result = _run(_deepspeed() + ["--num_gpus", "1", "--master_port", str(free_port()), str(wrapper), "--recipe", str(recipe)],
                   TEST_NAN_STEP=str(NAN_STEP))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return root / "runs" / "straight", result
@@ -226,26 +253,30 @@ def test_kill_while_writing_then_resume_is_bit_exact(setup, straight):
 def test_two_process_deepspeed_run_trains_and_stops_cleanly_on_sigterm(setup):
     root, recipe, _ = setup
     run_dir = root / "runs" / "two"
-    cmd = _deepspeed() + ["--num_gpus", "2", "--master_port", "29633", str(REPO / "engine" / "train.py"),
+    cmd = _deepspeed() + ["--num_gpus", "2", "--master_port", str(free_port()), str(REPO / "engine" / "train.py"),
                           "--recipe", str(recipe), "--set", "run.name=two", "--set", "train.steps=200",
                           "--set", "train.global_batch=4", "--set", "train.checkpoint_every=1000"]
     log = root / "two.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=out, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
-        deadline = time.time() + 300
         try:
-            while time.time() < deadline and proc.poll() is None:
-                if (run_dir / "metrics.csv").exists() and len(_metrics(run_dir)) >= 12:
-                    # `kill <launcher>`: the per-node launcher forwards SIGTERM to every rank.
-                    import psutil
-                    launchers = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                                 if "deepspeed.launcher.launch" in " ".join(p.cmdline())]
-                    assert len(launchers) == 1, launchers
-                    launchers[0].send_signal(signal.SIGTERM)
-                    break
-                time.sleep(0.2)
-            proc.wait(timeout=180)
+            # Start-up takes tens of seconds on a busy 2-core machine: 300 s bounds a hang, it is not a duration.
+            try:
+                wait_until(lambda: (run_dir / "metrics.csv").exists() and len(_metrics(run_dir)) >= 12, proc, 300,
+                           "12 steps were logged", interval=0.2)
+            except AssertionError as error:
+                raise AssertionError(f"{error}; output: {log.read_text()[-3000:]}") from None
+            # `kill <launcher>`: the per-node launcher forwards SIGTERM to every rank.
+            import psutil
+            launchers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                         if "deepspeed.launcher.launch" in " ".join(p.cmdline())]
+            assert len(launchers) == 1, launchers
+            launchers[0].send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"still running 180 s after SIGTERM: {log.read_text()[-3000:]}") from None
         finally:
             _kill_group(proc)
     output = log.read_text()
@@ -271,3 +302,98 @@ def test_non_finite_losses_in_a_row_stop_the_run_with_a_checkpoint(setup):
     ckpt = root / "runs" / "diverged" / "checkpoints" / "step_00000005"
     assert (ckpt / "COMPLETE").is_file()
     assert _adam_steps(ckpt) == 2  # steps 3-5 were dropped: the checkpoint holds the last good weights
+
+
+def _tensors(obj, path="") -> dict[str, torch.Tensor]:
+    """Every tensor in a nested dict/list structure (a DeepSpeed state file), by its path."""
+    if isinstance(obj, torch.Tensor):
+        return {path: obj}
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    found = {}
+    for key, value in items:
+        found.update(_tensors(value, f"{path}/{key}"))
+    return found
+
+
+def _same_tensors(a: Path, b: Path) -> None:
+    ta = _tensors(torch.load(a, map_location="cpu", weights_only=False))
+    tb = _tensors(torch.load(b, map_location="cpu", weights_only=False))
+    assert ta.keys() == tb.keys() and ta, (a.name, sorted(ta.keys() ^ tb.keys()))
+    different = [k for k in ta if not torch.equal(ta[k], tb[k])]
+    assert not different, (a.name, different[:5])
+
+
+def test_two_process_kill_while_writing_then_resume_is_bit_exact(setup):
+    """F, G, H: 6 steps on 2 ranks (ZeRO-2, so each rank holds its own optimizer partition), once straight and
+    once SIGKILLed while writing the step-6 checkpoint then resumed from step 3 (mid-epoch: 4 steps an epoch)."""
+    from engine.training.checkpoint import latest_checkpoint
+    root, recipe, wrapper = setup
+
+    def launch(name, *extra, **env):  # one at a time: two 2-rank runs at once only thrash 2 cores
+        return _run(_deepspeed() + ["--num_gpus", "2", "--master_port", str(free_port()), str(wrapper),
+                                    "--recipe", str(recipe), "--set", f"run.name={name}", "--set", "train.steps=6",
+                                    "--set", "train.checkpoint_every=3", *extra], timeout=600, **env)
+
+    straight = launch("two_straight")
+    assert straight.returncode == 0, straight.stdout[-3000:] + straight.stderr[-3000:]
+    killed = launch("two_killed", TEST_KILL_WRITING="step_00000006.partial")
+    assert killed.returncode != 0, killed.stdout[-3000:] + killed.stderr[-3000:]
+    ckpts = root / "runs" / "two_killed" / "checkpoints"
+    assert (ckpts / "step_00000006.partial").is_dir() and not (ckpts / "step_00000006.partial" / "COMPLETE").exists()
+    assert latest_checkpoint(ckpts) == ckpts / "step_00000003"
+    resumed = launch("two_killed", "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "step_00000003 at step 3" in resumed.stdout + resumed.stderr
+
+    a, b = root / "runs" / "two_straight", root / "runs" / "two_killed"
+    columns = ("step", "loss", "loss.pred", "loss.ctx", "loss.fwm_static", "loss.fwm_orth", "lr", "step_applied")
+    assert [tuple(r[c] for c in columns) for r in _metrics(b)] == [tuple(r[c] for c in columns) for r in _metrics(a)]
+    assert len(_metrics(a)) == 6
+    ca, cb = a / "checkpoints" / "step_00000006", b / "checkpoints" / "step_00000006"
+    # The module (the same on both ranks), each rank's ZeRO optimizer partition, the EMA target, and each
+    # rank's loader position and RNG state.
+    for name in ("ds/mp_rank_00_model_states.pt", "ds/zero_pp_rank_0_mp_rank_00_optim_states.pt",
+                 "ds/zero_pp_rank_1_mp_rank_00_optim_states.pt", "trainer.pt", "rank_00000.pt", "rank_00001.pt"):
+        _same_tensors(ca / name, cb / name)
+    for name in ("rank_00000.json", "rank_00001.json"):
+        assert (ca / name).read_text() == (cb / name).read_text(), name
+    assert not (ckpts / "step_00000006.partial").exists()
+
+
+@pytest.fixture(scope="module")
+def no_ema_runs(setup):
+    """I: 2 steps of the kinematic variant (EMA target off, the online encoder trained), with and without
+    paper_compat; both runs at once (one thread each)."""
+    root, recipe, _ = setup
+    started = {}
+    for compat in (False, True):
+        name = f"no_ema_compat_{str(compat).lower()}"
+        started[compat] = _start([sys.executable, "-m", "engine.train", "--recipe", str(recipe),
+                                  "--set", f"run.name={name}", "--set", "objective.variant=kinematic",
+                                  "--set", f"loss.paper_compat={str(compat).lower()}", "--set", "model.depth=1",
+                                  "--set", "train.steps=2", "--set", "train.checkpoint_every=2"])
+    results = {compat: _finish(run) for compat, run in started.items()}
+    for compat, result in results.items():
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return {compat: root / "runs" / f"no_ema_compat_{str(compat).lower()}" for compat in results}
+
+
+@pytest.mark.parametrize("paper_compat, expected", [(False, "encoder"), (True, "target_encoder")])
+def test_export_of_a_run_without_ema_target(no_ema_runs, tmp_path, paper_compat, expected):
+    """Without an EMA target the trained encoder is the online one: the run's export and an export of its
+    checkpoint hold it. paper_compat reproduces the released evaluation, which took the untouched EMA copy."""
+    import json
+
+    from engine.export import export_checkpoint, load_encoder, read_metadata
+    run_dir = no_ema_runs[paper_compat]
+    ckpt = run_dir / "checkpoints" / "step_00000002"
+    assert json.loads((ckpt / "trainer.json").read_text())["trained_encoder"] == expected
+    online = {k[len("encoder."):]: v for k, v in _module_state(ckpt).items() if k.startswith("encoder.")}
+    untouched = torch.load(ckpt / "trainer.pt", weights_only=True)["ema_target"]
+    assert online.keys() == untouched.keys()
+    assert not all(torch.equal(online[k], untouched[k]) for k in online)  # training moved the online encoder
+    want = online if expected == "encoder" else untouched
+    for path in (run_dir / "encoder.safetensors", export_checkpoint(ckpt, tmp_path / "from_checkpoint.safetensors")):
+        assert read_metadata(path)["trained_encoder"] == expected
+        state = load_encoder(path).state_dict()
+        assert state.keys() == want.keys() and all(torch.equal(state[k], want[k]) for k in want), path.name

@@ -21,10 +21,10 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
+from proc_helpers import free_port, wait_until  # noqa: E402
 from test_train import _deepspeed, _env, _kill_group, _metrics, _module_state, _run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-PORT = 29641  # the shm buffer's name carries the master port: only this run's files are looked for
 
 pytestmark = pytest.mark.slow  # DeepSpeed start-up: several seconds of CPU per process
 
@@ -51,18 +51,20 @@ def tiny(tmp_path_factory):
     return root, path
 
 
-def _shm_buffers() -> set[str]:
-    return {p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{PORT}_*")}
+def _shm_buffers(port: int) -> set[str]:
+    """The shm buffers of the run on `port` (their names carry the master port: another suite's are not ours)."""
+    return {p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*")}
 
 
 @pytest.fixture(scope="module")
 def launched(tiny):
     root, recipe = tiny
     extensions = root / "torch_extensions"  # empty: a JIT build would land here
-    before = _shm_buffers()
-    result = _run(_deepspeed() + ["--num_gpus", "1", "--master_port", str(PORT), str(REPO / "engine" / "train.py"),
+    port = free_port()
+    before = _shm_buffers(port)
+    result = _run(_deepspeed() + ["--num_gpus", "1", "--master_port", str(port), str(REPO / "engine" / "train.py"),
                                   "--recipe", str(recipe)], TORCH_EXTENSIONS_DIR=str(extensions))
-    left = _shm_buffers() - before
+    left = _shm_buffers(port) - before
     for name in left:  # do not let a failing run litter the machine
         (Path("/dev/shm") / name).unlink(missing_ok=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -144,14 +146,18 @@ def test_signal_checkpoints_then_exits_with_the_shells_status(tiny, sig, code):
         proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=out, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
         try:
-            deadline = time.time() + 240
-            while time.time() < deadline and proc.poll() is None:
-                if (run_dir / "metrics.csv").exists() and len(_metrics(run_dir)) >= 2:
-                    # As Ctrl-C in a terminal (SIGINT) or `kill` from a scheduler: the whole process group.
-                    os.killpg(proc.pid, sig)
-                    break
-                time.sleep(0.2)
-            proc.wait(timeout=120)
+            # Start-up takes tens of seconds on a busy 2-core machine: 300 s bounds a hang, it is not a duration.
+            try:
+                wait_until(lambda: (run_dir / "metrics.csv").exists() and len(_metrics(run_dir)) >= 2, proc, 300,
+                           "2 steps were logged", interval=0.2)
+            except AssertionError as error:
+                raise AssertionError(f"{error}; output: {log.read_text()[-3000:]}") from None
+            # As Ctrl-C in a terminal (SIGINT) or `kill` from a scheduler: the whole process group.
+            os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"still running 180 s after {sig.name}: {log.read_text()[-3000:]}") from None
         finally:
             _kill_group(proc)
     output = log.read_text()
