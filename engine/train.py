@@ -369,6 +369,11 @@ class Trainer:
                                       trained_encoder=self.jepa.trained_encoder, step=step,
                                       variant=self.jepa.variant.name, run=r.run.name)
                 summary.append(f"encoder ({self.jepa.trained_encoder}) exported to {path}")
+                from engine.export_card import write_export_folder
+                folder = write_export_folder(self.jepa.encoder_for_eval(self.target), r.model, self.run_dir / "export",
+                                             recipe=r, weights=path, trained_encoder=self.jepa.trained_encoder,
+                                             step=step, variant=self.jepa.variant.name, run=r.run.name)
+                summary.append(f"export folder with model card: {folder}")
             print("\n".join(summary), flush=True)
             (self.run_dir / "summary.txt").write_text("\n".join(summary) + "\n", encoding="utf-8")
         self.shutdown()
