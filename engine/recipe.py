@@ -246,9 +246,13 @@ def validate(recipe: Recipe, origin: dict[str, str], world_size: int | None = No
     if model.num_frames % model.tubelet_size:
         raise ConfigError(f"{blame(origin, 'model.num_frames', 'model.tubelet_size')}: model.num_frames={model.num_frames} is not divisible "
                           f"by model.tubelet_size={model.tubelet_size}; fix: use a multiple of the tubelet")
+    from shards.storage import is_file, join
     for i, spec in enumerate(recipe.data.datasets):
-        root = Path(spec.root)
-        if not (root / "index.parquet").is_file():
+        try:
+            present = is_file(join(spec.root, "index.parquet"))  # a path or an fsspec URL (engine.data.remote)
+        except OSError as err:
+            raise ConfigError(f"{where('data.datasets')}: data.datasets[{i}].root={spec.root}: {err}") from None
+        if not present:
             raise ConfigError(f"{where(f'data.datasets')}: data.datasets[{i}].root={spec.root}: no index.parquet "
                               f"there; fix: build the shards (python -m shards.build ... --out {spec.root}) or "
                               f"correct the path")

@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -32,6 +33,7 @@ class RequestLog:
     requests: list[tuple[str, str, str]] = field(default_factory=list)  # (method, path, range header)
     bytes_sent: int = 0
     fail_next: int = 0  # GETs still to answer 503
+    delay_s: float = 0.0  # added before answering each ranged GET (a stand-in for an object store's latency)
     failed: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -72,6 +74,8 @@ class _Handler(SimpleHTTPRequestHandler):
             return
         path = Path(self.translate_path(self.path))
         header = self.headers.get("Range")
+        if header and self.log.delay_s:
+            time.sleep(self.log.delay_s)
         if not header or not path.is_file():
             return super().do_GET()
         match = _RANGE.match(header.strip())

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+from engine.data.remote import RemoteConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,7 +29,8 @@ class DatasetSpec:
     """One shard folder taking part in the loader's mix."""
 
     root: str
-    """Folder written by `python -m shards.build` (holds index.parquet, manifest.json and the tars)."""
+    """Folder written by `python -m shards.build` (holds index.parquet, manifest.json and the tars), or its
+    fsspec URL (s3://, gs://, https://, file://; see `remote`)."""
     split: str = "train"
     """Which split's rows of index.parquet to read."""
     weight: float = 1.0
@@ -110,6 +113,8 @@ class LoaderConfig:
     """Per-channel std on the [0, 1] scale (ImageNet)."""
     max_recoveries: int = 8
     """Pipeline errors tolerated in a row before the loader gives up (each one isolates bad samples)."""
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
+    """Reads from dataset roots that are URLs: concurrency, coalescing, retries, local cache (engine.data.remote)."""
 
     @classmethod
     def from_dict(cls, mapping: dict, where: str = "data") -> "LoaderConfig":
@@ -128,6 +133,8 @@ class LoaderConfig:
                 raise ValueError(f"{where}.datasets[{i}]: unknown key {bad[0]!r} (known: {', '.join(sorted(spec_keys))})")
             datasets.append(DatasetSpec(**entry))
         values = {k: v for k, v in mapping.items() if k != "datasets"}
+        if isinstance(values.get("remote"), dict):
+            values["remote"] = RemoteConfig(**values["remote"])
         for name in ("crop_scale", "crop_aspect", "mean", "std"):
             if name in values:
                 values[name] = tuple(values[name])
@@ -171,4 +178,5 @@ class LoaderConfig:
                              f"({self.batch_size} x {self.world_size} ranks)")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError("mean/std: need three values each, std > 0")
+        self.remote.validate()
         return self
