@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+from shards import remote_out
 from shards.catalog import check_out_compatible, keys_of_other_splits, read_index
 from shards.errors import LayoutError
 from shards.items import SourceListing, safe_key
@@ -64,7 +65,11 @@ def make_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", choices=SOURCES, help="layout of the raw data (see below)")
     parser.add_argument("--root", type=Path, required=True, metavar="RAW", help="folder holding the raw dataset")
-    parser.add_argument("--out", type=Path, required=True, metavar="OUT", help="folder receiving shards and index")
+    parser.add_argument("--out", type=remote_out.out_location, required=True, metavar="OUT",
+                        help="folder receiving shards and index, or an fsspec URL (s3://, gs://: built in a local "
+                             "staging folder, then uploaded; shards/remote_out.py)")
+    parser.add_argument("--staging", metavar="DIR", help="local staging folder for an --out URL (default: under "
+                                                         "~/.cache/vjepa-engine/staging)")
     parser.add_argument("--split", action="append", metavar="NAME",
                         help="split to build; repeat or comma-separate (default: every official split)")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), metavar="N",
@@ -296,10 +301,13 @@ def main(argv: list[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
+        staged = remote_out.stage(args)  # None unless --out is a URL
         planned = plan(args)
         build_planned(planned, args)
+        if staged is not None:
+            print(f"uploaded {len(staged.publish())} files to {staged.url}")
         return 0 if check_classes(planned, args.strict) else 1
-    except LayoutError as error:
+    except (LayoutError, remote_out.storage.StorageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
