@@ -280,3 +280,19 @@ def test_training_from_s3_and_http_matches_local_bit_for_bit(shards, http, tmp_p
     curves = {name: _losses(tmp_path / "runs" / name) for name in roots}
     assert len(curves["local"]) == 6
     assert curves["s3"] == curves["local"] and curves["http"] == curves["local"]
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+def test_evaluation_copies_a_remote_benchmark_folder_once(shards, http, tmp_path):
+    from data_fixtures import write_benchmark_folder
+    from engine.eval.remote import local_shards_root
+
+    bench = write_benchmark_folder(shards / "evalroot" / "bench", train_clips=4, test_clips=2)
+    root = local_shards_root(f"{http.url}/evalroot", ["bench", "absent"], cache_dir=tmp_path / "cache")
+    copied = {p.name: p.read_bytes() for p in (Path(root) / "bench").iterdir()}
+    assert copied == {p.name: p.read_bytes() for p in bench.iterdir()}
+    http.log.clear()
+    assert local_shards_root(f"{http.url}/evalroot/", ["bench"], cache_dir=tmp_path / "cache") == root
+    assert http.log.gets(".tar") == []                                 # complete copies are reused
+    assert local_shards_root(str(bench.parent), ["bench"]) == str(bench.parent)

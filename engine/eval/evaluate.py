@@ -132,6 +132,9 @@ def evaluate_encoder(
             todo.append((benchmark, key))
     # Every benchmark's inputs are checked before the first extraction: a folder missing for the last
     # benchmark must stop the evaluation now, not after the features of the first.
+    if todo:  # an fsspec URL root: local copies of the benchmark folders (engine/eval/remote.py)
+        from .remote import local_shards_root
+        shards_root = local_shards_root(shards_root, [benchmark.folder for benchmark, _ in todo])
     checked = [(check_benchmark(shards_root, benchmark), key) for benchmark, key in todo]
     encoder = source.load(device) if checked else None
     for inputs, key in checked:
@@ -203,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Frozen-probe evaluation of one exported encoder.")
     parser.add_argument("export", help="runs/<run>/encoder.safetensors")
     parser.add_argument("--benchmarks", default="synth", help="'synth', 'real' or a comma-separated list")
-    parser.add_argument("--shards", default="data/shards", help="folder holding the benchmarks' shard folders")
+    parser.add_argument("--shards", default="data/shards",
+                        help="folder holding the benchmarks' shard folders, or its fsspec URL (s3://, https://, ...)")
     parser.add_argument("--out", default="eval_out", help="results and feature cache folder")
     parser.add_argument("--probe-epochs", type=positive_int, default=None,
                         help="epochs of every probe (default: the paper's)")
