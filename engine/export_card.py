@@ -103,7 +103,7 @@ def _data_lines(recipe) -> list[str]:
             info = json.loads(storage.read_bytes(manifest))
             split = info.get("splits", {}).get(spec.split, {})
             counts = f", {split.get('count', '?')} clips, {len(info.get('classes', []))} classes"
-        except (OSError, ValueError):
+        except Exception:  # noqa: BLE001 - the counts are a courtesy; an unreachable root leaves them out
             pass
         lines.append(f"- `{spec.display_name}` (`{spec.root}`, split `{spec.split}`, weight {spec.weight:g}{counts})")
     return lines

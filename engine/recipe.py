@@ -28,6 +28,7 @@ from engine.masking.config import MaskingConfig
 from engine.objectives.registry import VARIANTS
 from engine.models.config import MODEL_PRESETS, PREDICTOR_PRESETS, ModelConfig, PredictorConfig
 from engine.training.collapse import CollapseConfig
+from engine.training.tracking import LogConfig
 from engine.training.typed_yaml import (
     ConfigError,
     apply_overrides,
@@ -182,6 +183,8 @@ class Recipe:
     parallel: ParallelConfig = field_doc(factory=ParallelConfig, doc="ZeRO stage, precision, kernels.")
     collapse: CollapseConfig = field_doc(factory=CollapseConfig, doc="Collapse alarm on the target features "
                                          "(engine.training.collapse): how often, and its thresholds.")
+    log: LogConfig = field_doc(factory=LogConfig, doc="TensorBoard (default), wandb and MLflow tracking "
+                                                      "(engine.training.tracking).")
 
     @property
     def run_dir(self) -> Path:
