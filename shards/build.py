@@ -19,7 +19,8 @@ from shards import remote_out
 from shards.catalog import check_out_compatible, keys_of_other_splits, read_index
 from shards.errors import LayoutError
 from shards.items import SourceListing, safe_key
-from shards.pipeline import ShardLimits, SplitSummary, build_split, split_fingerprint, transcode_pool
+from shards.executors import executor_pool
+from shards.pipeline import ShardLimits, SplitSummary, build_split, split_fingerprint
 from shards.sources import ADAPTERS, AdapterOptions
 from shards.transcode import MAX_GOP, TranscodeSettings
 
@@ -74,6 +75,15 @@ def make_parser() -> argparse.ArgumentParser:
                         help="split to build; repeat or comma-separate (default: every official split)")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), metavar="N",
                         help="transcoding processes (default: all cores, %(default)s here)")
+    parser.add_argument("--executor", choices=["local", "ray"], default="local",
+                        help="where transcoding runs: local processes (default) or a Ray cluster (shards/executors.py; "
+                             "same output bytes)")
+    parser.add_argument("--ray-address", metavar="ADDR",
+                        help="--executor ray: cluster to join, e.g. auto or ray://head:10001 (default: $RAY_ADDRESS, "
+                             "else a local Ray cluster with --workers CPUs)")
+    parser.add_argument("--ray-ship-inputs", action="store_true",
+                        help="--executor ray: send each source's bytes with its task (nodes without the raw tree "
+                             "mounted at the same path)")
     parser.add_argument("--dataset-name", metavar="NAME",
                         help="dataset name in the index (default: the source name; folder: the root's name)")
     media = parser.add_argument_group("canonical clip")
@@ -260,7 +270,7 @@ def build_planned(planned: list[tuple[SourceListing, list[str], dict, Path]], ar
     settings = transcode_settings(args)
     limits = ShardLimits(int(args.shard_size_mb * 1_000_000), args.shard_max_samples)
     summaries = []
-    with transcode_pool(args.workers) as pool:
+    with executor_pool(args) as pool:  # a local process pool, or Ray tasks (--executor ray)
         for listing, splits, build_args, out in planned:
             for split in splits:
                 summary = build_split(out, listing, split, settings, limits, build_args, pool=pool,
