@@ -71,7 +71,8 @@ def stage(args: argparse.Namespace) -> StagedOut | None:
     if not isinstance(args.out, str):
         return None
     url = args.out
-    staging = Path(args.staging).expanduser() if getattr(args, "staging", None) else storage.cache_folder(url, "staging")
+    staging = (Path(args.staging).expanduser() if getattr(args, "staging", None)
+               else storage.cache_folder(url, "staging"))
     staging.mkdir(parents=True, exist_ok=True)
     staged = StagedOut(url, staging, list(SYNTH_PARTS) if args.source == "synth" else [""])
     staged.fetch_catalogs()

@@ -88,7 +88,8 @@ def is_transient(error: BaseException) -> bool:
         return status >= 500 or status in (408, 429)
     text = f"{type(error).__name__} {error}".lower()
     if any(word in text for word in ("timeout", "timed out", "connection", "temporar", "throttl", "slow down",
-                                     "slowdown", "reset by peer", "broken pipe", "internalerror", "serviceunavailable", "server disconnected",
+                                     "slowdown", "reset by peer", "broken pipe", "internalerror",
+                                     "serviceunavailable", "server disconnected",
                                      "payload")):
         return True
     return isinstance(error, OSError) and not isinstance(error, StorageError) and error.errno is None
@@ -215,7 +216,8 @@ def list_names(location: str | Path, retry: Retry = DEFAULT_RETRY) -> dict[str, 
 
 
 def cache_folder(url: str, kind: str, root: str | Path | None = None) -> Path:
-    """A local folder for copies of what lives at `url`: <root or $VJEPA_CACHE or ~/.cache/vjepa-engine>/<kind>/<hash>."""
+    """A local folder for copies of what lives at `url`:
+    <root, else $VJEPA_CACHE, else ~/.cache/vjepa-engine>/<kind>/<name>-<hash of the URL>."""
     base = Path(root or os.environ.get("VJEPA_CACHE") or Path.home() / ".cache" / "vjepa-engine").expanduser()
     digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
     return base / kind / f"{basename(url) or 'root'}-{digest}"

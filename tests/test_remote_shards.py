@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from data_fixtures import FixtureSpec, sample_key, write_dataset  # noqa: E402
 from engine.data import DatasetSpec, LoaderConfig  # noqa: E402
-from engine.data.remote import Member, MemberCache, RangeReader, RemoteConfig, coalesce  # noqa: E402
+from engine.data.remote import Member, MemberCache, RemoteConfig, coalesce  # noqa: E402
 from remote_servers import RangeHTTPServer, moto_s3, upload_folder  # noqa: E402
 from shards import storage  # noqa: E402
 
@@ -39,7 +39,7 @@ def _has(module: str) -> bool:
 
 
 needs_s3 = pytest.mark.skipif(not (_has("s3fs") and _has("moto.server") and _has("flask")),
-                              reason="s3fs and moto[server] are not installed (pip install -r requirements-extras.txt)")
+                              reason="s3fs and moto are not installed (pip install -r requirements-extras.txt)")
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +207,7 @@ def test_file_url_root_is_the_local_path(shards):
 @pytest.fixture(scope="module")
 def s3(shards):
     if not (_has("s3fs") and _has("moto.server") and _has("flask")):
-        pytest.skip("s3fs and moto[server] are not installed (pip install -r requirements-extras.txt)")
+        pytest.skip("s3fs and moto are not installed (pip install -r requirements-extras.txt)")
     import s3fs
 
     with moto_s3() as endpoint:
@@ -242,9 +242,9 @@ def _losses(run_dir: Path) -> list[tuple[str, str]]:
 
 
 @pytest.mark.slow
-def test_training_from_s3_and_http_matches_local_bit_for_bit(shards, http, tmp_path):
+def test_training_from_s3_and_http_matches_local_bit_for_bit(shards, http, tmp_path, monkeypatch):
     if not (_has("s3fs") and _has("moto.server") and _has("flask")):
-        pytest.skip("s3fs and moto[server] are not installed (pip install -r requirements-extras.txt)")
+        pytest.skip("s3fs and moto are not installed (pip install -r requirements-extras.txt)")
     import s3fs
     import yaml
 
@@ -270,9 +270,13 @@ def test_training_from_s3_and_http_matches_local_bit_for_bit(shards, http, tmp_p
         upload_folder(shards / "vid", "s3://train/shards/vid")
         roots = {"local": str(shards / "vid"), "s3": "s3://train/shards/vid", "http": f"{http.url}/vid"}
         http.log.clear()
+        tracked = _has("mlflow")
         for name, root in roots.items():
+            # the local run also exports (folder + model card) and tracks to MLflow's file store
+            extra = ["--set", "train.export_at_end=true"] + (["--set", "log.mlflow.enabled=true"] if tracked else [])
             result = _run([sys.executable, "-m", "engine.train", "--recipe", str(path), "--set", f"run.name={name}",
-                           "--set", f"data.datasets=[{{root: '{root}', frame_step: 1}}]"], timeout=300)
+                           "--set", f"data.datasets=[{{root: '{root}', frame_step: 1}}]",
+                           *(extra if name == "local" else [])], timeout=300)
             assert result.returncode == 0, result.stderr[-2000:]
             resolved = yaml.safe_load((tmp_path / "runs" / name / "recipe.yaml").read_text())
             assert resolved["data"]["datasets"][0]["root"] == root           # the run really read from there
@@ -280,6 +284,25 @@ def test_training_from_s3_and_http_matches_local_bit_for_bit(shards, http, tmp_p
     curves = {name: _losses(tmp_path / "runs" / name) for name in roots}
     assert len(curves["local"]) == 6
     assert curves["s3"] == curves["local"] and curves["http"] == curves["local"]
+    # the trained encoder's export folder loads back as the same module as encoder.safetensors
+    from engine.export import load_encoder
+    folder = load_encoder(tmp_path / "runs/local/export")
+    single = load_encoder(tmp_path / "runs/local/encoder.safetensors")
+    video = torch.randn(1, 3, 8, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(folder.forward_eval(video), single.forward_eval(video))
+    card = (tmp_path / "runs/local/export/README.md").read_text()
+    assert "fwm" in card and "6 steps" in card and str(shards / "vid") in card
+    if tracked:
+        import json
+
+        from mlflow.tracking import MlflowClient
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 reads its file store on request only
+        run_id = json.loads((tmp_path / "runs/local/tracking.json").read_text())["mlflow"]
+        client = MlflowClient((tmp_path / "runs/local/mlruns").resolve().as_uri())
+        history = sorted((m.step, repr(m.value)) for m in client.get_metric_history(run_id, "loss"))
+        assert [(str(step), value) for step, value in history] == curves["local"]   # the csv's values exactly
+        assert "local-encoder" in {a.path for a in client.list_artifacts(run_id)}
 
 
 # ------------------------------------------------------------------------------------------ evaluation

@@ -23,7 +23,7 @@ def _has(module: str) -> bool:
 
 
 pytestmark = pytest.mark.skipif(not (_has("s3fs") and _has("moto.server") and _has("flask")),
-                                reason="s3fs and moto[server] are not installed (pip install -r requirements-extras.txt)")
+                                reason="s3fs and moto are not installed (pip install -r requirements-extras.txt)")
 
 
 @pytest.fixture(scope="module")

@@ -84,25 +84,13 @@ class SampleSource:
         return np.frombuffer(handle.read(size), np.uint8)
 
     def _remote_members(self, plan) -> list[np.ndarray] | None:
-        """The batch's media bytes when any dataset root is a URL (engine.data.remote), else None."""
-        indexes = self.sampler.indexes
-        if not any(isinstance(ix.root, str) for ix in indexes):
+        """The batch's media bytes when a dataset root is a URL (one batched ranged read), else None."""
+        if not any(isinstance(ix.root, str) for ix in self.sampler.indexes):
             return None
-        from engine.data.remote import Member, RangeReader
+        from engine.data.remote import RangeReader, read_plan_members
         if getattr(self, "_ranges", None) is None:
             self._ranges = RangeReader(self.sampler.cfg.remote)
-        members = []
-        for d, r in zip(plan.dataset_id.tolist(), plan.row.tolist()):
-            ix = indexes[d]
-            sid = int(ix.shard_id[r])
-            members.append(Member(ix.shard_paths[sid], int(ix.media_offset[r]), int(ix.media_size[r]),
-                                  ix.shard_versions[sid] if ix.shard_versions else ""))
-        local = [i for i, m in enumerate(members) if not isinstance(indexes[int(plan.dataset_id[i])].root, str)]
-        fetched = self._ranges.read([m for i, m in enumerate(members) if i not in set(local)])
-        out, remote = [], iter(fetched)
-        for i, m in enumerate(members):
-            out.append(self._read(m.url, m.offset, m.size) if i in local else np.frombuffer(next(remote), np.uint8))
-        return out
+        return read_plan_members(self._ranges, self.sampler.indexes, plan, self._read)
 
     def __call__(self, batch_info) -> tuple[list[np.ndarray], ...]:
         if not self._watching:

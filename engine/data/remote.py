@@ -312,6 +312,24 @@ class RangeReader:
         return results  # type: ignore[return-value]
 
 
+def read_plan_members(reader: RangeReader, indexes, plan, read_local) -> list:
+    """The media bytes (uint8 arrays) of one batch plan's samples: members of remote datasets in one batched
+    read, members of local ones (a mix of both) with `read_local(path, offset, size)`."""
+    import numpy as np
+
+    members, remote = [], []
+    for i, (d, r) in enumerate(zip(plan.dataset_id.tolist(), plan.row.tolist())):
+        ix = indexes[d]
+        sid = int(ix.shard_id[r])
+        members.append(Member(ix.shard_paths[sid], int(ix.media_offset[r]), int(ix.media_size[r]),
+                              ix.shard_versions[sid] if ix.shard_versions else ""))
+        if isinstance(ix.root, str):
+            remote.append(i)
+    fetched = dict(zip(remote, reader.read([members[i] for i in remote])))
+    return [np.frombuffer(fetched[i], np.uint8) if i in fetched else read_local(m.url, m.offset, m.size)
+            for i, m in enumerate(members)]
+
+
 def _is_async(fs) -> bool:
     from fsspec.asyn import AsyncFileSystem
     return isinstance(fs, AsyncFileSystem)

@@ -245,7 +245,8 @@ def publish_export(encoder, recipe, run_dir: Path, weights: Path, **info) -> Pat
     """Write <run>/export (engine.export_card) and hand it to the run's trackers as a model artifact."""
     from engine.export_card import write_export_folder
 
-    folder = write_export_folder(encoder, recipe.model, Path(run_dir) / "export", recipe=recipe, weights=weights, **info)
+    folder = write_export_folder(encoder, recipe.model, Path(run_dir) / "export", recipe=recipe, weights=weights,
+                                 **info)
     trackers = open_trackers(Path(run_dir))
     if trackers:
         try:
