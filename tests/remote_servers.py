@@ -108,14 +108,19 @@ class _Handler(SimpleHTTPRequestHandler):
             self.log.bytes_sent += len(body)
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default backlog of 5 drops concurrent connections (the client's SYN is retried 1 s later)
+    request_queue_size = 256
+    daemon_threads = True
+
+
 class RangeHTTPServer:
     """Serves `root` at http://127.0.0.1:<free port>/ until stopped (a context manager)."""
 
     def __init__(self, root: str | Path):
         self.log = RequestLog()
         handler = type("Handler", (_Handler,), {"log": self.log})
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), partial(handler, directory=str(root)))
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", free_port()), partial(handler, directory=str(root)))
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
