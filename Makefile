@@ -8,9 +8,10 @@ DATA   := data
 
 .PHONY: install demo test test-quick shards clean-demo
 
-$(VENV)/.installed: requirements-cpu.txt constraints-cpu.txt setup.py
+# requirements-extras.txt: the cloud, ray and tracking extras (and moto for their tests), so CI runs those tests.
+$(VENV)/.installed: requirements-cpu.txt requirements-extras.txt constraints-cpu.txt setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q -c constraints-cpu.txt -r requirements-cpu.txt
+	$(VENV)/bin/pip install -q -c constraints-cpu.txt -r requirements-cpu.txt -r requirements-extras.txt
 	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 

@@ -31,12 +31,18 @@ setup(
         "matplotlib>=3.8",
         "safetensors>=0.4",
         "tensorboard>=2.15",
+        "fsspec>=2024.6",  # dataset roots as URLs; the backends (s3fs, gcsfs, aiohttp) are the `cloud` extra
     ],
     extras_require={
         "cpu": ["nvidia-dali-cuda130==2.4.0", "triton==3.6.0"],
         # GPU machines: torch and triton come with the image; DALI decodes on NVDEC; xformers is optional.
         "gpu": ["nvidia-dali-cuda130==2.4.0", "xformers>=0.0.30"],
         "test": ["pytest>=8"],
+        # Beyond one machine (README): object-store shards, Ray shard builds, wandb/MLflow tracking.
+        # Exact pins for CI: requirements-extras.txt.
+        "cloud": ["fsspec>=2024.6", "s3fs>=2024.6", "aiohttp>=3.9", "gcsfs>=2024.6"],
+        "ray": ["ray>=2.30"],
+        "tracking": ["wandb>=0.17", "mlflow-skinny>=2.14"],
     },
     entry_points={"console_scripts": ["vjepa-shards=shards.build:main"]},
 )

@@ -33,6 +33,7 @@ from engine.data import DatasetSpec, LoaderConfig, VideoLoader  # noqa: E402
 from engine.data.index import read_member  # noqa: E402
 from engine.data.pipeline import SampleSource, build_pipeline, remove_autograph_sources  # noqa: E402
 from engine.data.sampler import ClipSampler  # noqa: E402
+from shards.storage import join, read_bytes  # noqa: E402
 
 PAPER_MIX = (("synth-ucf", 0.2), ("synth-ssv2", 0.6), ("synth-in", 0.2))
 
@@ -43,7 +44,8 @@ def machine_label() -> str:
 
 
 def make_config(args, device: str) -> LoaderConfig:
-    specs = [DatasetSpec(str(Path(args.shards) / name), weight=w, frame_step=args.frame_step) for name, w in PAPER_MIX]
+    specs = [DatasetSpec(str(join(args.shards, name)), weight=w, frame_step=args.frame_step)  # a path or a URL
+             for name, w in PAPER_MIX]
     return LoaderConfig(specs, batch_size=args.batch_size, num_frames=args.frames, crop_size=args.crop,
                         decode_device=device, num_workers=args.workers, num_threads=args.threads,
                         prefetch=args.prefetch, infinite=True, seed=args.seed,
@@ -90,7 +92,7 @@ class RawFileClips(torch.utils.data.Dataset):
         self.items = []
         raw_roots = []
         for index in sampler.indexes:
-            manifest = json.loads((index.root / "manifest.json").read_text())
+            manifest = json.loads(read_bytes(join(index.root, "manifest.json")))
             raw_roots.append(Path(manifest["build"]["root"]))
         source_cache = {}
         for step in steps:

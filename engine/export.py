@@ -9,6 +9,9 @@ EMA was disabled; engine.jepa decides), so a probe never has to guess.
     feats = encoder.forward_eval(video)                                 # [B, N, D]
 
     python -m engine.export runs/<run>/checkpoints/step_00000200 --out encoder.safetensors
+    python -m engine.export runs/<run>/checkpoints/step_00000200 --out export/   # folder + model card
+
+`load_encoder` also takes an export folder or a URL of one (engine.export_card).
 """
 from __future__ import annotations
 
@@ -51,7 +54,17 @@ def read_metadata(path: str | Path) -> dict:
 
 
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> VisionTransformer:
-    """The exported encoder as a VisionTransformer in eval mode with frozen parameters."""
+    """The exported encoder as a VisionTransformer in eval mode with frozen parameters.
+
+    `path`: an encoder .safetensors file, an export folder (model.safetensors + config.json, see
+    engine.export_card), or the fsspec URL of either (https://, s3://, gs://, file://)."""
+    from shards.storage import is_url
+    if is_url(path) or Path(path).is_dir():
+        from engine.export_card import fetch_export, load_folder
+        local = fetch_export(str(path)) if is_url(path) else Path(path)
+        if local.is_dir():
+            return load_folder(local, device)
+        path = local
     meta = read_metadata(path)
     cfg = ModelConfig(**meta["model_config"])
     encoder = VisionTransformer(cfg)
@@ -115,6 +128,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, recipe: str | Pat
                                    "wrote it, run its zero_to_fp32.py and take the encoder.* weights")["module"]
         state = {k[len("encoder."):]: v for k, v in module.items() if k.startswith("encoder.")}
     encoder.load_state_dict(state, strict=True)
+    if not str(out).endswith(".safetensors"):  # a folder: weights, config.json and a model card
+        from engine.export_card import write_export_folder
+        return write_export_folder(encoder, model_cfg, out, recipe=read_resolved_recipe(recipe_path),
+                                   trained_encoder=info["trained_encoder"], step=info["step"], run=info["run"])
     return export_encoder(encoder, model_cfg, out, trained_encoder=info["trained_encoder"],
                           step=info["step"], run=info["run"])
 
@@ -122,7 +139,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, recipe: str | Pat
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Export the trained encoder of a checkpoint to safetensors.")
     parser.add_argument("checkpoint", help="a runs/<run>/checkpoints/step_XXXXXXXX folder")
-    parser.add_argument("--out", required=True, help="output .safetensors path")
+    parser.add_argument("--out", required=True,
+                        help="output .safetensors file, or a folder (model.safetensors, config.json, README.md)")
     parser.add_argument("--recipe", default=None,
                         help="the resolved recipe it was trained with; only for checkpoints without their own "
                              "recipe.yaml (written before checkpoints carried one)")

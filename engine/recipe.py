@@ -31,6 +31,7 @@ from engine.objectives.base import Variant, parse_params
 from engine.objectives.registry import TERM_KINDS, VARIANTS
 from engine.models.config import MODEL_PRESETS, PREDICTOR_PRESETS, ModelConfig, PredictorConfig
 from engine.training.collapse import CollapseConfig
+from engine.training.tracking import LogConfig
 from engine.training.typed_yaml import (
     ConfigError,
     apply_overrides,
@@ -202,6 +203,8 @@ class Recipe:
     parallel: ParallelConfig = field_doc(factory=ParallelConfig, doc="ZeRO stage, precision, kernels.")
     collapse: CollapseConfig = field_doc(factory=CollapseConfig, doc="Collapse alarm on the target features "
                                          "(engine.training.collapse): how often, and its thresholds.")
+    log: LogConfig = field_doc(factory=LogConfig, doc="TensorBoard (default), wandb and MLflow tracking "
+                                                      "(engine.training.tracking).")
 
     @property
     def run_dir(self) -> Path:
@@ -296,9 +299,13 @@ def validate(recipe: Recipe, origin: dict[str, str], world_size: int | None = No
     if model.num_frames % model.tubelet_size:
         raise ConfigError(f"{blame(origin, 'model.num_frames', 'model.tubelet_size')}: model.num_frames={model.num_frames} is not divisible "
                           f"by model.tubelet_size={model.tubelet_size}; fix: use a multiple of the tubelet")
+    from shards.storage import is_file, join
     for i, spec in enumerate(recipe.data.datasets):
-        root = Path(spec.root)
-        if not (root / "index.parquet").is_file():
+        try:
+            present = is_file(join(spec.root, "index.parquet"))  # a path or an fsspec URL (engine.data.remote)
+        except OSError as err:
+            raise ConfigError(f"{where('data.datasets')}: data.datasets[{i}].root={spec.root}: {err}") from None
+        if not present:
             raise ConfigError(f"{where(f'data.datasets')}: data.datasets[{i}].root={spec.root}: no index.parquet "
                               f"there; fix: build the shards (python -m shards.build ... --out {spec.root}) or "
                               f"correct the path")

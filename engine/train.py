@@ -286,6 +286,11 @@ class Trainer:
                                       trained_encoder=self.jepa.trained_encoder, step=step,
                                       variant=self.jepa.variant.name, run=r.run.name)
                 summary.append(f"encoder ({self.jepa.trained_encoder}) exported to {path}")
+                from engine.training.tracking import publish_export  # + to wandb / MLflow if enabled
+                folder = publish_export(self.jepa.encoder_for_eval(self.target), r, self.run_dir, path,
+                                        trained_encoder=self.jepa.trained_encoder, step=step,
+                                        variant=self.jepa.variant.name, run=r.run.name)
+                summary.append(f"export folder with model card: {folder}")
             print("\n".join(summary), flush=True)
             (self.run_dir / "summary.txt").write_text("\n".join(summary) + "\n", encoding="utf-8")
         self.shutdown()

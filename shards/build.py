@@ -15,10 +15,12 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+from shards import remote_out
 from shards.catalog import check_out_compatible, keys_of_other_splits, read_index
 from shards.errors import LayoutError
 from shards.items import SourceListing, safe_key
-from shards.pipeline import ShardLimits, SplitSummary, build_split, split_fingerprint, transcode_pool
+from shards.executors import executor_pool
+from shards.pipeline import ShardLimits, SplitSummary, build_split, split_fingerprint
 from shards.sources import ADAPTERS, AdapterOptions
 from shards.transcode import MAX_GOP, TranscodeSettings
 
@@ -64,11 +66,24 @@ def make_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", choices=SOURCES, help="layout of the raw data (see below)")
     parser.add_argument("--root", type=Path, required=True, metavar="RAW", help="folder holding the raw dataset")
-    parser.add_argument("--out", type=Path, required=True, metavar="OUT", help="folder receiving shards and index")
+    parser.add_argument("--out", type=remote_out.out_location, required=True, metavar="OUT",
+                        help="folder receiving shards and index, or an fsspec URL (s3://, gs://: built in a local "
+                             "staging folder, then uploaded; shards/remote_out.py)")
+    parser.add_argument("--staging", metavar="DIR", help="local staging folder for an --out URL (default: under "
+                                                         "~/.cache/vjepa-engine/staging)")
     parser.add_argument("--split", action="append", metavar="NAME",
                         help="split to build; repeat or comma-separate (default: every official split)")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), metavar="N",
                         help="transcoding processes (default: all cores, %(default)s here)")
+    parser.add_argument("--executor", choices=["local", "ray"], default="local",
+                        help="where transcoding runs: local processes (default) or a Ray cluster (shards/executors.py; "
+                             "same output bytes)")
+    parser.add_argument("--ray-address", metavar="ADDR",
+                        help="--executor ray: cluster to join, e.g. auto or ray://head:10001 (default: $RAY_ADDRESS, "
+                             "else a local Ray cluster with --workers CPUs)")
+    parser.add_argument("--ray-ship-inputs", action="store_true",
+                        help="--executor ray: send each source's bytes with its task (nodes without the raw tree "
+                             "mounted at the same path)")
     parser.add_argument("--dataset-name", metavar="NAME",
                         help="dataset name in the index (default: the source name; folder: the root's name)")
     media = parser.add_argument_group("canonical clip")
@@ -255,7 +270,7 @@ def build_planned(planned: list[tuple[SourceListing, list[str], dict, Path]], ar
     settings = transcode_settings(args)
     limits = ShardLimits(int(args.shard_size_mb * 1_000_000), args.shard_max_samples)
     summaries = []
-    with transcode_pool(args.workers) as pool:
+    with executor_pool(args) as pool:  # a local process pool, or Ray tasks (--executor ray)
         for listing, splits, build_args, out in planned:
             for split in splits:
                 summary = build_split(out, listing, split, settings, limits, build_args, pool=pool,
@@ -299,10 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
+        staged = remote_out.stage(args)  # None unless --out is a URL
         planned = plan(args)
         build_planned(planned, args)
+        if staged is not None:
+            print(f"uploaded {len(staged.publish())} files to {staged.url}")
         return 0 if check_classes(planned, args.strict) else 1
-    except LayoutError as error:
+    except (LayoutError, remote_out.storage.StorageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from engine.data.remote import RemoteConfig
 from engine.fields import above, at_least, between, check_fields, field_doc, one_of
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -29,7 +30,7 @@ class DatasetSpec:
     """One shard folder taking part in the loader's mix."""
 
     root: str = field_doc(doc="Folder written by `python -m shards.build` (holds index.parquet, manifest.json "
-                              "and the tars).")
+                              "and the tars), or its fsspec URL (s3://, gs://, https://, file://; see `remote`).")
     split: str = field_doc("train", "Which split's rows of index.parquet to read.")
     weight: float = field_doc(1.0, "Mixing weight (normalised over all datasets); the paper's mixed regime is "
                                    "0.2/0.6/0.2.", valid=between(0.0, math.inf, low_open=True, high_open=True))
@@ -98,6 +99,8 @@ class LoaderConfig:
                                                 valid=above(0))
     max_recoveries: int = field_doc(8, "Pipeline errors tolerated in a row before the loader gives up (each one "
                                        "isolates bad samples).", valid=at_least(0))
+    remote: RemoteConfig = field_doc(factory=RemoteConfig, doc="Reads from dataset roots that are URLs: "
+                                     "concurrency, coalescing, retries, local cache (engine.data.remote).")
 
     @classmethod
     def from_dict(cls, mapping: dict, where: str = "data") -> "LoaderConfig":
@@ -116,6 +119,8 @@ class LoaderConfig:
                 raise ValueError(f"{where}.datasets[{i}]: unknown key {bad[0]!r} (known: {', '.join(sorted(spec_keys))})")
             datasets.append(DatasetSpec(**entry))
         values = {k: v for k, v in mapping.items() if k != "datasets"}
+        if isinstance(values.get("remote"), dict):
+            values["remote"] = RemoteConfig(**values["remote"])
         for name in ("crop_scale", "crop_aspect", "mean", "std"):
             if name in values:
                 values[name] = tuple(values[name])
@@ -142,4 +147,5 @@ class LoaderConfig:
                              f"({self.batch_size} x {self.world_size} ranks)")
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError("mean/std: need three values each")
+        self.remote.validate()
         return self

@@ -5,13 +5,15 @@ held here, so a sample costs one seek and one read, and nothing is scanned at ru
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
+from engine.data import remote
 from engine.data.config import DatasetSpec
+from shards import storage
 from shards.names import check_names
 
 INDEX_COLUMNS = ("key", "split", "shard", "media_ext", "media_offset", "media_size", "json_offset", "json_size",
@@ -28,8 +30,8 @@ class DatasetIndex:
     """One dataset split: parallel arrays, one entry per sample, in index order."""
 
     name: str
-    root: Path
-    shard_paths: list[str]          # absolute paths, indexed by `shard_id`
+    root: Path | str                # a resolved path, or the URL of a remote root
+    shard_paths: list[str]          # absolute paths (or URLs), indexed by `shard_id`
     keys: np.ndarray                # object [N] str
     shard_id: np.ndarray            # int32 [N]
     media_offset: np.ndarray        # int64 [N]
@@ -43,6 +45,7 @@ class DatasetIndex:
     width: np.ndarray               # int32 [N]
     height: np.ndarray              # int32 [N]
     codecs: tuple[str, ...]         # distinct codecs in this split
+    shard_versions: list[str] = field(default_factory=list)  # remote roots: sha256 per shard (cache keys)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -62,12 +65,17 @@ def _check_tar(path: Path, needed_bytes: int) -> None:
 
 
 def load_dataset_index(spec: DatasetSpec) -> DatasetIndex:
-    """Load and check one split; raises a one-line error naming the folder, split or shard at fault."""
-    root = Path(spec.root).expanduser().resolve()
-    index_path = root / "index.parquet"
-    if not index_path.is_file():
+    """Load and check one split; raises a one-line error naming the folder, split or shard at fault.
+
+    `spec.root` may be an fsspec URL (engine.data.remote): then `root` and `shard_paths` are URLs."""
+    root = remote.normalise_root(spec.root)
+    index_path = storage.join(root, "index.parquet")
+    if isinstance(root, str):
+        table = remote.read_index_table(root)
+    elif not index_path.is_file():
         raise FileNotFoundError(f"no index.parquet in {root} (build it with `python -m shards.build ... --out {root}`)")
-    table = pq.read_table(index_path)
+    else:
+        table = pq.read_table(index_path)
     missing = [c for c in INDEX_COLUMNS if c not in table.column_names]
     if missing:
         raise ValueError(f"{index_path}: missing columns {missing}")
@@ -90,9 +98,12 @@ def load_dataset_index(spec: DatasetSpec) -> DatasetIndex:
     shard_names, shard_id = np.unique(columns["shard"], return_inverse=True)
     shard_paths = []
     ends = columns["media_offset"].astype(np.int64) + columns["media_size"].astype(np.int64)
+    needed = [int(ends[shard_id == sid].max()) for sid in range(len(shard_names))]
+    versions = remote.shard_versions(root, [str(n) for n in shard_names], needed) if isinstance(root, str) else []
     for sid, shard_name in enumerate(shard_names):
-        path = root / str(shard_name)
-        _check_tar(path, int(ends[shard_id == sid].max()))
+        path = storage.join(root, str(shard_name))
+        if not isinstance(root, str):
+            _check_tar(path, needed[sid])
         shard_paths.append(str(path))
 
     return DatasetIndex(
@@ -112,6 +123,7 @@ def load_dataset_index(spec: DatasetSpec) -> DatasetIndex:
         width=columns["width"].astype(np.int32),
         height=columns["height"].astype(np.int32),
         codecs=tuple(sorted(set(str(c).lower() for c in columns["codec"].tolist()))),
+        shard_versions=versions,
     )
 
 
@@ -128,7 +140,9 @@ def check_decodable(index: DatasetIndex, decode_device: str) -> None:
 
 
 def read_member(path: str, offset: int, size: int) -> bytes:
-    """The bytes of one tar member, read with one seek (reference and test helper)."""
+    """The bytes of one tar member, read with one seek (reference and test helper); one ranged GET for a URL."""
+    if storage.is_url(path):
+        return storage.read_range(path, offset, offset + size)
     with open(path, "rb") as f:
         f.seek(offset)
         return f.read(size)

@@ -26,7 +26,7 @@ import torch
 
 from engine.data.augment import crop_flip_resize_batch
 from engine.data.config import LoaderConfig, resize_in_graph
-from engine.data.index import check_decodable, load_dataset_index
+from engine.data.index import check_decodable, load_dataset_index, read_member
 from engine.data.pipeline import (META_DATASET, META_ROI, META_ROW, META_STEP, META_SUBSTITUTED, META_VALID,
                                   DecodeProbe, build_pipeline, dense_to_torch)
 from engine.data.sampler import ClipSampler
@@ -189,9 +189,8 @@ class VideoLoader:
                 if (d, r) in self.skipped:
                     continue
                 index = self.indexes[d]
-                with open(index.shard_paths[index.shard_id[r]], "rb") as f:
-                    f.seek(int(index.media_offset[r]))
-                    encoded = np.frombuffer(f.read(int(index.media_size[r])), np.uint8)
+                encoded = np.frombuffer(read_member(index.shard_paths[index.shard_id[r]], int(index.media_offset[r]),
+                                                    int(index.media_size[r])), np.uint8)
                 reason = self._probe.check(encoded, bool(plan.is_image[i]), plan.frames[i])
                 if reason is not None:
                     self.skipped[(d, r)] = reason

@@ -58,6 +58,7 @@ class SampleSource:
         state = dict(self.__dict__)
         state["_files"] = {}
         state["_watching"] = False
+        state["_ranges"] = None  # remote reader: connections are per process
         return state
 
     def _exit_with_loader(self) -> None:
@@ -82,16 +83,27 @@ class SampleSource:
         handle.seek(offset)
         return np.frombuffer(handle.read(size), np.uint8)
 
+    def _remote_members(self, plan) -> list[np.ndarray] | None:
+        """The batch's media bytes when a dataset root is a URL (one batched ranged read), else None."""
+        if not any(isinstance(ix.root, str) for ix in self.sampler.indexes):
+            return None
+        from engine.data.remote import RangeReader, read_plan_members
+        if getattr(self, "_ranges", None) is None:
+            self._ranges = RangeReader(self.sampler.cfg.remote)
+        return read_plan_members(self._ranges, self.sampler.indexes, plan, self._read)
+
     def __call__(self, batch_info) -> tuple[list[np.ndarray], ...]:
         if not self._watching:
             self._exit_with_loader()
         step = self.first_step + batch_info.iteration
         plan = self.sampler.plan(step)
         encoded, meta = [], []
+        remote = self._remote_members(plan)  # URL roots: the whole batch's ranged reads at once
         for i in range(len(plan.row)):
             d, r = int(plan.dataset_id[i]), int(plan.row[i])
             index = self.sampler.indexes[d]
-            encoded.append(self._read(index.shard_paths[index.shard_id[r]], int(index.media_offset[r]),
+            encoded.append(remote[i] if remote is not None else
+                           self._read(index.shard_paths[index.shard_id[r]], int(index.media_offset[r]),
                                       int(index.media_size[r])))
             box = np.rint([plan.roi_start[i][0], plan.roi_start[i][1], plan.roi_end[i][0], plan.roi_end[i][1]])
             meta.append(np.array([step, d, r, int(plan.valid[i]), int(plan.substituted[i]), *box], np.int64))

@@ -132,6 +132,9 @@ def evaluate_encoder(
             todo.append((benchmark, key))
     # Every benchmark's inputs are checked before the first extraction: a folder missing for the last
     # benchmark must stop the evaluation now, not after the features of the first.
+    if todo:  # an fsspec URL root: local copies of the benchmark folders (engine/eval/remote.py)
+        from .remote import local_shards_root
+        shards_root = local_shards_root(shards_root, [benchmark.folder for benchmark, _ in todo])
     checked = [(check_benchmark(shards_root, benchmark), key) for benchmark, key in todo]
     encoder = source.load(device) if checked else None
     for inputs, key in checked:

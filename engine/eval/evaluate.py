@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Frozen-probe evaluation of one exported encoder.")
     parser.add_argument("export", help="runs/<run>/encoder.safetensors")
     parser.add_argument("--benchmarks", default="synth", help="'synth', 'real' or a comma-separated list")
-    parser.add_argument("--shards", default="data/shards", help="folder holding the benchmarks' shard folders")
+    parser.add_argument("--shards", default="data/shards",
+                        help="folder holding the benchmarks' shard folders, or its fsspec URL (s3://, https://, ...)")
     parser.add_argument("--out", default="eval_out", help="results and feature cache folder")
     parser.add_argument("--probe-epochs", type=positive_int, default=None,
                         help="epochs of every probe (default: the paper's)")

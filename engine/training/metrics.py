@@ -1,4 +1,5 @@
 """Per-step metrics: timers, throughput and MFU, CSV + TensorBoard on rank 0, and the loss-curve plot.
+Rows also go to wandb / MLflow when the run's recipe enables them (`log:`, engine.training.tracking).
 
 Times are kept apart as vjepa2 does (data wait, compute = forward + backward, optimizer, EMA, wall);
 on CUDA the compute timers synchronise so they measure the GPU, not the kernel launches.
@@ -77,6 +78,7 @@ class MetricsWriter:
         self.columns: list[str] = []
         self.rows: list[dict] = []
         self.tb = None
+        self.trackers = None
         if not enabled:
             return
         if self.path.exists():
@@ -86,7 +88,9 @@ class MetricsWriter:
                 keep_to = -1 if resume_step is None else resume_step
                 self.rows = [r for r in reader if int(r["step"]) <= keep_to]
             self._rewrite()
-        if tensorboard:
+        from engine.training.tracking import open_trackers, tensorboard_enabled
+        self.trackers = open_trackers(Path(run_dir))  # wandb / MLflow when the run's recipe enables them
+        if tensorboard and tensorboard_enabled(Path(run_dir)):
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"), purge_step=
                                     None if resume_step is None else resume_step + 1)
@@ -124,6 +128,8 @@ class MetricsWriter:
             for key, value in row.items():
                 if key != "step" and value not in ("", None):
                     self.tb.add_scalar(key.replace(".", "/"), float(value), step)
+        if self.trackers is not None:
+            self.trackers.log(row)  # the same row: same keys, values and step as metrics.csv
 
     def close(self) -> None:
         if self.tb is not None:
