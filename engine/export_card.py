@@ -65,7 +65,7 @@ def write_export_folder(encoder: torch.nn.Module, model_cfg: ModelConfig, folder
                         recipe=None, weights: str | Path | None = None, **info) -> Path:
     """Write `folder` (model.safetensors, config.json, README.md). `weights`: an existing export of the same
     encoder (e.g. the run's encoder.safetensors) to hard-link instead of writing the tensors twice."""
-    from engine.export import export_encoder
+    from engine.encoder_file import export_encoder
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -286,10 +286,12 @@ class Trainer:
                                       trained_encoder=self.jepa.trained_encoder, step=step,
                                       variant=self.jepa.variant.name, run=r.run.name)
                 summary.append(f"encoder ({self.jepa.trained_encoder}) exported to {path}")
-                from engine.training.tracking import publish_export  # + to wandb / MLflow if enabled
-                folder = publish_export(self.jepa.encoder_for_eval(self.target), r, self.run_dir, path,
-                                        trained_encoder=self.jepa.trained_encoder, step=step,
-                                        variant=self.jepa.variant.name, run=r.run.name)
+                from engine.export_card import write_export_folder
+                from engine.training.tracking import publish_artifact
+                folder = write_export_folder(self.jepa.encoder_for_eval(self.target), r.model, self.run_dir / "export",
+                                             recipe=r, weights=path, trained_encoder=self.jepa.trained_encoder,
+                                             step=step, variant=self.jepa.variant.name, run=r.run.name)
+                publish_artifact(self.run_dir, folder, f"{r.run.name}-encoder")  # to wandb / MLflow if enabled
                 summary.append(f"export folder with model card: {folder}")
             print("\n".join(summary), flush=True)
             (self.run_dir / "summary.txt").write_text("\n".join(summary) + "\n", encoding="utf-8")

@@ -144,7 +144,8 @@ def test_every_key_the_loader_accepts_is_described(monkeypatch):
 @pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(LoaderConfig)])
 def test_a_loader_field_is_described_exactly_when_a_recipe_may_set_it(field, monkeypatch):
     monkeypatch.chdir(REPO)
-    described = f"data.{field}" in ROWS or f"data.{field}[].root" in ROWS
+    described = (f"data.{field}" in ROWS or f"data.{field}[].root" in ROWS
+                 or any(key.startswith(f"data.{field}.") for key in ROWS))  # a nested section (data.remote.*)
     assert described == (field not in TRAINER_OWNED_DATA_KEYS)
     if not described:
         with pytest.raises(ConfigError, match=f"data.{field}: set by "):

@@ -13,7 +13,8 @@ import pytest
 
 from engine.recipe import dump_recipe, load_recipe
 from engine.training.metrics import MetricsWriter
-from engine.training.tracking import close_trackers, publish_export
+from engine.export_card import write_export_folder
+from engine.training.tracking import close_trackers, publish_artifact
 
 wandb = pytest.importorskip("wandb", reason="the tracking extra is not installed (pip install -e '.[tracking]')")
 mlflow = pytest.importorskip("mlflow", reason="the tracking extra is not installed (pip install -e '.[tracking]')")
@@ -81,8 +82,10 @@ def test_wandb_and_mlflow_get_the_same_rows_recipe_and_export(tmp_path, monkeypa
     writer.close()
     assert json.loads((run_dir / "tracking.json").read_text()) == ids
     from engine.models import VisionTransformer
-    publish_export(VisionTransformer(recipe.model), recipe, run_dir, run_dir / "encoder.safetensors", step=4,
-                   trained_encoder="target_encoder", run="tracked")
+    folder = write_export_folder(VisionTransformer(recipe.model), recipe.model, run_dir / "export", recipe=recipe,
+                                 weights=run_dir / "encoder.safetensors", step=4, trained_encoder="target_encoder",
+                                 run="tracked")
+    publish_artifact(run_dir, folder, "tracked-encoder")
     with open(run_dir / "metrics.csv", newline="") as handle:
         csv_rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
     assert [row["step"] for row in csv_rows] == [1, 2, 3, 4]

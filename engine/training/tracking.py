@@ -209,7 +209,7 @@ _OPEN: dict[Path, Trackers] = {}
 
 def open_trackers(run_dir: Path) -> Trackers | None:
     """The trackers the run folder's resolved recipe enables (None when it enables none). They stay open
-    after the metrics writer closes, for the export at the end of the run (publish_export), and are
+    after the metrics writer closes, for the export at the end of the run (publish_artifact), and are
     finished then, or when the process exits."""
     key = Path(run_dir).resolve()
     if key in _OPEN:
@@ -241,16 +241,11 @@ def tensorboard_enabled(run_dir: Path) -> bool:
     return True if found is None else found[0].tensorboard
 
 
-def publish_export(encoder, recipe, run_dir: Path, weights: Path, **info) -> Path:
-    """Write <run>/export (engine.export_card) and hand it to the run's trackers as a model artifact."""
-    from engine.export_card import write_export_folder
-
-    folder = write_export_folder(encoder, recipe.model, Path(run_dir) / "export", recipe=recipe, weights=weights,
-                                 **info)
+def publish_artifact(run_dir: Path, folder: Path, name: str, kind: str = "model") -> None:
+    """Hand a folder (e.g. the run's export folder, engine.export_card) to the run's trackers, if any."""
     trackers = open_trackers(Path(run_dir))
     if trackers:
         try:
-            trackers.artifact(folder, f"{recipe.run.name}-encoder", "model")
+            trackers.artifact(Path(folder), name, kind)
         finally:
             close_trackers(run_dir)
-    return folder
