@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import subprocess
@@ -47,13 +46,6 @@ def engine_commit() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def _write_text(path: Path, text: str) -> None:
     temporary = path.with_name(path.name + ".tmp")
@@ -82,7 +74,7 @@ def write_export_folder(encoder: torch.nn.Module, model_cfg: ModelConfig, folder
         export_encoder(encoder, model_cfg, target, **info)
     config = {"format": CONFIG_FORMAT, "architecture": "VisionTransformer", "library": "vjepa-engine",
               "loader": "engine.export.load_encoder", "model_config": dataclasses.asdict(model_cfg),
-              "weights": WEIGHTS_NAME, "weights_sha256": _sha256(target), "engine_commit": engine_commit(),
+              "weights": WEIGHTS_NAME, "weights_sha256": storage.sha256_file(target), "engine_commit": engine_commit(),
               "embed_dim": model_cfg.embed_dim, "out_dim": getattr(encoder, "out_dim", None), **info}
     _write_text(folder / CONFIG_NAME, json.dumps(config, indent=1, sort_keys=False) + "\n")
     recipe_text = None
@@ -182,9 +174,9 @@ def fetch_export(url: str, cache_dir: str | Path | None = None) -> Path:
     config = json.loads(config_path.read_text(encoding="utf-8"))
     weights = local / config.get("weights", WEIGHTS_NAME)
     expected = config.get("weights_sha256")
-    if not (weights.is_file() and expected and _sha256(weights) == expected):
+    if not (weights.is_file() and expected and storage.sha256_file(weights) == expected):
         storage.get_file(storage.join(url, config.get("weights", WEIGHTS_NAME)), weights)
-        if expected and _sha256(weights) != expected:
+        if expected and storage.sha256_file(weights) != expected:
             weights.unlink()
             raise ValueError(f"{url}: {weights.name} does not match the sha256 in its config.json; fix: re-export "
                              f"the folder or upload both files again")

@@ -221,3 +221,12 @@ def cache_folder(url: str, kind: str, root: str | Path | None = None) -> Path:
     base = Path(root or os.environ.get("VJEPA_CACHE") or Path.home() / ".cache" / "vjepa-engine").expanduser()
     digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
     return base / kind / f"{basename(url) or 'root'}-{digest}"
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a local file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

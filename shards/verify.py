@@ -14,7 +14,6 @@ Exit status 0 when all agrees, 1 with one line per problem found, 2 when OUT is 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -23,14 +22,8 @@ import webdataset as wds
 
 from shards.catalog import INDEX_NAME, read_index, read_manifest
 from shards.errors import LayoutError
+from shards.storage import sha256_file
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_at(path: Path, offset: int, size: int) -> bytes:
@@ -91,7 +84,7 @@ def verify(out: Path, splits: list[str] | None = None, listing: list[str] | None
             if not path.is_file():
                 problems.append(f"{path}: missing (listed in the manifest)")
                 continue
-            if path.stat().st_size != shard["size"] or _sha256(path) != shard["sha256"]:
+            if path.stat().st_size != shard["size"] or sha256_file(path) != shard["sha256"]:
                 problems.append(f"{path}: size or sha256 differs from the manifest's")
             shard_rows = sorted((row for row in split_rows if row["shard"] == name), key=lambda r: r["media_offset"])
             problems += check_shard(path, shard_rows, listing)

@@ -10,20 +10,12 @@ as on a local folder (results and feature caches are keyed by the weights and th
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from pathlib import Path
 
 from shards import storage
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def stage_folder(url: str, local: Path) -> Path:
@@ -45,7 +37,7 @@ def stage_folder(url: str, local: Path) -> Path:
         if unchanged and target.is_file() and ("size" not in entry or target.stat().st_size == entry["size"]):
             continue
         storage.get_file(storage.join(url, name), target)
-        if entry.get("sha256") and _sha256(target) != entry["sha256"]:
+        if entry.get("sha256") and storage.sha256_file(target) != entry["sha256"]:
             target.unlink()
             raise ValueError(f"{storage.join(url, name)}: sha256 differs from its manifest.json entry; the remote "
                              f"folder is being rewritten or is damaged: rebuild or re-upload it")
