@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -144,16 +145,18 @@ def test_killed_build_says_one_line_and_workers_no_traceback(many_clips, tmp_pat
         try:
             # Seconds on an idle machine; 300 s only bounds a hang, and an early exit is reported as such.
             wait_until((out / ".building-train" / "state.json").is_file, process, 300, "the build journalled a shard")
-            done_before_signal = (out / "index.parquet").is_file()  # the build's last write
             (os.killpg if how == "group" else os.kill)(process.pid, signum)
+            signalled_at = time.time()
             _, err = process.communicate(timeout=120)  # returns once every worker has closed stderr too
         finally:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
         # On a loaded machine this process can be descheduled between seeing the journal and signalling for
-        # longer than the rest of the build takes: a build whose index was written before the signal was sent
-        # says nothing about signals. Try again, up to three builds. (A build that ignores the signal has no
-        # index when it is sent, and fails below.)
+        # longer than the rest of the build takes: a build whose index (its last write) is older than the
+        # signal says nothing about signals. Try again, up to three builds. A build that ignores the signal
+        # writes its index seconds after it, and fails below.
+        index = out / "index.parquet"
+        done_before_signal = index.is_file() and index.stat().st_mtime <= signalled_at
         if not done_before_signal:
             break
     else:
