@@ -36,10 +36,12 @@ def plot(runs: list[dict], labels: list[str], out: Path, title: str) -> Path:
         for x, values in zip(minutes, seeds):
             ax.scatter([x] * len(values), values, color=line.get_color(), s=8, alpha=0.5)
     first = runs[0]
-    references = [("random init", [h[0] for h in first["evals"][0]["top1"]]) if first["evals"][0]["step"] == 0 else None,
-                  ("pixel baseline", [h[0] for h in first["pixel"]]) if first.get("pixel") else None]
-    for (name, values), style in zip([r for r in references if r], ("--", ":")):
-        ax.axhline(sum(values) / len(values), color="grey", linestyle=style, label=f"{name} (step 0 / no blocks)")
+    references = [("random init (step 0)", "--", [h[0] for h in first["evals"][0]["top1"]])
+                  if first["evals"][0]["step"] == 0 else None,
+                  ("pixel baseline (patch embedding, no blocks)", ":", [h[0] for h in first["pixel"]])
+                  if first.get("pixel") else None]
+    for name, style, values in [r for r in references if r]:
+        ax.axhline(sum(values) / len(values), color="grey", linestyle=style, label=name)
     ax.set_xlabel("minutes of training (wall time of the training steps, probes excluded)")
     ax.set_ylabel("probe top-1 (%)")
     ax.set_title(title)
