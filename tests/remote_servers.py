@@ -169,3 +169,20 @@ def upload_folder(local: Path, url: str) -> None:
     for path in sorted(Path(local).rglob("*")):
         if path.is_file():
             fs.put_file(str(path), f"{root.rstrip('/')}/{path.relative_to(local).as_posix()}")
+
+
+def has_module(module: str) -> bool:
+    """Whether an optional extra's module imports here."""
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        return False
+
+
+def has_s3() -> bool:
+    """s3fs and moto's server (with Flask): what the S3 tests need (requirements-extras.txt)."""
+    return has_module("s3fs") and has_module("moto.server") and has_module("flask")
+
+
+S3_MISSING = "s3fs and moto are not installed (pip install -r requirements-extras.txt)"

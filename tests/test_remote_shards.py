@@ -24,22 +24,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from data_fixtures import FixtureSpec, sample_key, write_dataset  # noqa: E402
 from engine.data import DatasetSpec, LoaderConfig  # noqa: E402
 from engine.data.remote import Member, MemberCache, RemoteConfig, coalesce  # noqa: E402
-from remote_servers import RangeHTTPServer, moto_s3, upload_folder  # noqa: E402
+from remote_servers import S3_MISSING, RangeHTTPServer, has_module, has_s3, moto_s3, upload_folder  # noqa: E402
 from shards import storage  # noqa: E402
 
 pytest.importorskip("aiohttp", reason="the cloud extra is not installed (pip install -e '.[cloud]')")
 
 
-def _has(module: str) -> bool:
-    try:
-        __import__(module)
-        return True
-    except ImportError:
-        return False
-
-
-needs_s3 = pytest.mark.skipif(not (_has("s3fs") and _has("moto.server") and _has("flask")),
-                              reason="s3fs and moto are not installed (pip install -r requirements-extras.txt)")
+needs_s3 = pytest.mark.skipif(not has_s3(), reason=S3_MISSING)
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +197,7 @@ def test_file_url_root_is_the_local_path(shards):
 
 @pytest.fixture(scope="module")
 def s3(shards):
-    if not (_has("s3fs") and _has("moto.server") and _has("flask")):
+    if not has_s3():
         pytest.skip("s3fs and moto are not installed (pip install -r requirements-extras.txt)")
     import s3fs
 
@@ -243,7 +234,7 @@ def _losses(run_dir: Path) -> list[tuple[str, str]]:
 
 @pytest.mark.slow
 def test_training_from_s3_and_http_matches_local_bit_for_bit(shards, http, tmp_path, monkeypatch):
-    if not (_has("s3fs") and _has("moto.server") and _has("flask")):
+    if not has_s3():
         pytest.skip("s3fs and moto are not installed (pip install -r requirements-extras.txt)")
     import s3fs
     import yaml
@@ -270,7 +261,7 @@ def test_training_from_s3_and_http_matches_local_bit_for_bit(shards, http, tmp_p
         upload_folder(shards / "vid", "s3://train/shards/vid")
         roots = {"local": str(shards / "vid"), "s3": "s3://train/shards/vid", "http": f"{http.url}/vid"}
         http.log.clear()
-        tracked = _has("mlflow")
+        tracked = has_module("mlflow")
         for name, root in roots.items():
             # the local run also exports (folder + model card) and tracks to MLflow's file store
             extra = ["--set", "train.export_at_end=true"] + (["--set", "log.mlflow.enabled=true"] if tracked else [])

@@ -11,19 +11,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import fixtures_raw as raw  # noqa: E402
+from remote_servers import S3_MISSING, has_s3  # noqa: E402
 from shards.build import main  # noqa: E402
 
 
-def _has(module: str) -> bool:
-    try:
-        __import__(module)
-        return True
-    except ImportError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not (_has("s3fs") and _has("moto.server") and _has("flask")),
-                                reason="s3fs and moto are not installed (pip install -r requirements-extras.txt)")
+pytestmark = pytest.mark.skipif(not has_s3(), reason=S3_MISSING)
 
 
 @pytest.fixture(scope="module")
