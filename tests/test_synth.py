@@ -83,12 +83,12 @@ def test_other_seed_other_content(raw, tmp_path):
     assert len(changed) == len(media)
 
 
-def test_ucf_classes_are_digit_identity_times_motion_family():
-    expected = [f"{word.capitalize()}{family}" for word in assets.DIGIT_WORDS for family in ("Slide", "Spin")]
-    assert ucf.ALL_CLASSES == sorted(expected) and len(ucf.ALL_CLASSES) == 20
-    assert ucf.ALL_CLASSES[:4] == ["EightSlide", "EightSpin", "FiveSlide", "FiveSpin"]
-    assert ucf.class_names(SCALE) == ["EightSlide", "EightSpin"]  # test scale: both motion families
-    assert ucf.CLASSES["ZeroSpin"] == (0, "Spin") and ucf.CLASSES["NineSlide"] == (9, "Slide")
+def test_ucf_classes_are_camera_motions():
+    pans = [f"Pan{h}{v}" for h in ucf.HEADINGS for v in ("Slow", "Fast")]
+    assert ucf.ALL_CLASSES == sorted(pans + ["ZoomIn", "ZoomOut", "RollLeft", "RollRight"])
+    assert len(ucf.ALL_CLASSES) == 20
+    assert ucf.class_names(SCALE) == ["PanEastFast", "PanEastSlow"]  # test scale: one heading, both speeds
+    assert ucf.CLASSES["PanNorthWestSlow"].heading == 135 and ucf.CLASSES["ZoomOut"].sense == -1
 
 
 def test_ucf_layout(raw):
@@ -206,43 +206,39 @@ def test_ucf_demo_counts():
 
 
 def test_ucf_appearance_is_independent_of_the_class():
-    """Over the demo plan, the scene, the photo tile, the fill hue, the sprite size and the tilt each have the
-    same distribution in every class (chi-square test of independence); only the digit image follows the
-    class, and it is drawn afresh per clip from the group's pool of that identity."""
+    """Over the demo plan, the scene, the photo tiles, the number of digits, their identities, hues and sizes
+    each have the same distribution in every class (chi-square test of independence); tiles and digit
+    images come from the clip's group pool."""
     from scipy.stats import chi2_contingency
 
     scale = SCALES["demo"]
     jobs = ucf.plan(scale, 0)
     looks = [ucf.clip_look(job, scale, 0) for job in jobs]
     labels = np.array([job.label for job in jobs])
-    hue = np.array([colorsys.rgb_to_hsv(*(np.asarray(look.color) / 255.0))[0] for look in looks])
+    _, digit_labels = assets.digit_images()
+    hue = np.array([colorsys.rgb_to_hsv(*(np.asarray(look.colors[0]) / 255.0))[0] for look in looks])
     draws = {
         "scene": np.array([[s.name for s in scenes.SCENES].index(look.scene.name) for look in looks]),
-        "tile": np.array([look.tile % 4 for look in looks]),  # 4 bins: a tile's group is its index mod 25
+        "tile": np.array([look.tiles[0] % 4 for look in looks]),  # 4 bins: a tile's group is its index mod 25
+        "count": np.array([len(look.digit_indices) for look in looks]) - ucf.SPRITES_PER_SCENE[0],
+        "digit": np.array([digit_labels[look.digit_indices[0]] for look in looks]),
         "hue": np.minimum((hue * 6).astype(int), 5),
-        "size": np.digitize([look.size_frac for look in looks], [0.4333, 0.4667]),
-        "tilt": np.digitize([look.tilt for look in looks], [-5.0, 5.0]),
+        "size": np.digitize([look.size_fracs[0] for look in looks], [0.30, 0.35]),
     }
     for name, values in draws.items():
         table = np.zeros((20, values.max() + 1))
         np.add.at(table, (labels, values), 1)
         assert chi2_contingency(table).pvalue > 0.01, name
-    images, digit_labels = assets.digit_images()
     for job, look in zip(jobs, looks):
-        digit, _ = ucf.CLASSES[ucf.ALL_CLASSES[job.label]]
         group = job.extra[0]
-        assert digit_labels[look.digit_index] == digit and look.digit_index % scale.ucf.groups == group - 1
-        assert look.tile % scale.ucf.groups == group - 1
-    per_class_group = {}
-    for job, look in zip(jobs, looks):
-        per_class_group.setdefault((job.label, job.extra[0]), set()).add(look.digit_index)
-    assert np.mean([len(images) > 1 for images in per_class_group.values()]) > 0.9  # not one sprite per group
+        assert all(index % scale.ucf.groups == group - 1 for index in look.digit_indices)
+        assert all(tile % scale.ucf.groups == group - 1 for tile in look.tiles)
 
 
-def test_ucf_pixels_tell_nothing_of_the_class_without_the_sprite():
+def test_ucf_pixels_tell_nothing_of_the_class_without_the_motion():
     """The mean colour of a clip (what a bag of frames sees first) scores chance with a nearest-centroid
-    classifier trained on the training groups, tested on the held-out ones (3.6 %; the old design's
-    class-preferred scene half of the time scored 10.7 % here)."""
+    classifier trained on the training groups, tested on the held-out ones: only the camera's motion
+    tells the class."""
     import dataclasses
 
     scale = dataclasses.replace(SCALE, ucf=dataclasses.replace(SCALE.ucf, class_limit=None))
@@ -255,26 +251,42 @@ def test_ucf_pixels_tell_nothing_of_the_class_without_the_sprite():
     assert (guess == labels[~train]).mean() < 0.09  # chance 0.05; 140 test clips
 
 
-def test_ucf_motion_paths():
-    """Slides travel 25-40 % of the frame in any direction and stay in frame; spins stay put, turn 30-60
-    degrees in either sense and stay within 45 degrees of upright."""
+def test_ucf_camera_paths():
+    """Pans travel their speed band within 8 degrees of their heading and keep the view inside the canvas;
+    zooms go between 1 and 1.35-1.6 in their sense; rolls turn 25-40 degrees in their sense; only pans move
+    the centre."""
     t = np.linspace(0.0, 1.0, 32)
     width = height = 64
-    half = 16.0
-    headings, senses = [], []
-    for seed in range(200):
-        rng = np.random.default_rng(seed)
-        x, y, angle = ucf.MOTIONS["Slide"](rng, t, width, height, half, 10.0)
-        length = np.hypot(x[-1] - x[0], y[-1] - y[0])
-        assert 0.25 * 64 - 1e-9 <= length <= 0.40 * 64 + 1e-9 and np.all(angle == 10.0)
-        assert half <= x.min() and x.max() <= width - half and half <= y.min() and y.max() <= height - half
-        headings.append(np.arctan2(y[0] - y[-1], x[-1] - x[0]))
-        x, y, angle = ucf.MOTIONS["Spin"](np.random.default_rng(seed), t, width, height, half, -15.0)
-        assert np.ptp(x) == 0 and np.ptp(y) == 0 and 30 - 1e-9 <= abs(angle[-1] - angle[0]) <= 60 + 1e-9
-        assert np.abs(angle).max() <= 45 + 1e-9 and angle[16] == pytest.approx(-15.0, abs=1.0)
-        senses.append(np.sign(angle[-1] - angle[0]))
-    assert np.histogram(headings, bins=4, range=(-np.pi, np.pi))[0].min() > 30  # every direction
-    assert 60 < sum(s > 0 for s in senses) < 140  # both senses
+    side = ucf.CANVAS * 64
+    for name, motion in ucf.CLASSES.items():
+        for seed in range(30):
+            x, y, zoom, roll = ucf.camera_path(motion, np.random.default_rng(seed), t, width, height)
+            if motion.kind == "pan":
+                length = np.hypot(x[-1] - x[0], y[-1] - y[0]) / 64
+                assert motion.speed[0] - 1e-9 <= length <= motion.speed[1] + 1e-9, name
+                heading = np.degrees(np.arctan2(y[0] - y[-1], x[-1] - x[0]))
+                assert abs((heading - motion.heading + 180) % 360 - 180) <= ucf.HEADING_JITTER + 1e-6, name
+                assert np.all(zoom == 1) and np.all(roll == 0)
+                assert 32 <= x.min() and x.max() <= side - 32 and 32 <= y.min() and y.max() <= side - 32
+                continue
+            assert np.ptp(x) == 0 and np.ptp(y) == 0
+            if motion.kind == "zoom":
+                far = zoom[-1] if motion.sense > 0 else zoom[0]
+                assert zoom.min() == pytest.approx(1.0) and ucf.ZOOM[0] <= far <= ucf.ZOOM[1]
+                assert np.all(np.diff(zoom) * motion.sense > 0) and np.ptp(roll) == 0
+            else:
+                turn = (roll[-1] - roll[0]) * motion.sense
+                assert ucf.ROLL_DEG[0] <= turn <= ucf.ROLL_DEG[1] and np.all(zoom == 1)
+
+
+def test_ucf_camera_view_moves_the_scene():
+    """A pan east shows the canvas shifted left by the camera's travel (the affine view is exact for
+    whole-pixel shifts)."""
+    canvas = Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8))
+    first = ucf.camera_view(canvas, 48.0, 48.0, 1.0, 0.0, 32, 32)
+    moved = ucf.camera_view(canvas, 51.0, 48.0, 1.0, 0.0, 32, 32)
+    assert np.array_equal(moved[:, :-3], first[:, 3:])
+    assert np.array_equal(first, np.asarray(canvas)[32:64, 32:64])
 
 
 def test_ucf_shards_build_end_to_end(raw, tmp_path):

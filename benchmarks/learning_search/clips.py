@@ -81,6 +81,37 @@ def make_split(n, seed, train, frames=8, size=64, plain=False, audit=False):
         labels[i] = digit * 2 + motion
     return clips, labels
 
+def _camera_clip(args) -> tuple[np.ndarray, np.ndarray, int]:
+    """(8 frames every 2nd from a random start, 8 frames spread uniformly over the clip, label) of one
+    synth-ucf job: the frames a demo recipe pretrains on, and the frames its probe protocol reads."""
+    job, seed = args
+    from shards.synth import ucf
+    from shards.synth.scales import SCALES
+    frames = ucf.render_frames(job, SCALES["demo"], seed)  # [32, 64, 64, 3]
+    start = int(np.random.default_rng([seed, *job.stream]).integers(0, len(frames) - 15))
+    uniform = np.linspace(0, len(frames) - 1, 8).round().astype(int)
+    return frames[start:start + 16:2], frames[uniform], job.label
+
+
+def make_camera_splits(pretrain: int, val: int, workers: int = 2) -> dict:
+    """synth-ucf's own clips (camera motion, shards/synth/ucf.py) at demo scale, rendered without the codec:
+    pretraining and the probe's training clips from the training groups (seed 0, the demo's draws),
+    validation from the held-out groups drawn again with seed 1 (clips the test split never shows)."""
+    import multiprocessing
+    from shards.synth import ucf
+    from shards.synth.scales import SCALES
+    jobs = ucf.plan(SCALES["demo"], 0)
+    order = np.random.default_rng(0)
+    train = [jobs[i] for i in order.permutation(len(jobs)) if jobs[i].split == "train"][:pretrain]
+    held = [jobs[i] for i in order.permutation(len(jobs)) if jobs[i].split == "test"][:val]
+    with multiprocessing.Pool(workers) as pool:
+        pre = pool.map(_camera_clip, [(j, 0) for j in train], chunksize=16)
+        held_out = pool.map(_camera_clip, [(j, 1) for j in held], chunksize=16)
+    return {"pre": np.stack([c[0] for c in pre]), "pre_eval": np.stack([c[1] for c in pre]),
+            "pre_labels": np.array([c[2] for c in pre]), "val": np.stack([c[1] for c in held_out]),
+            "val_labels": np.array([c[2] for c in held_out])}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="data/learning_search/clips.npz")
@@ -90,8 +121,17 @@ def main(argv=None) -> None:
     parser.add_argument("--plain", action="store_true", help="flat grey backgrounds (a calibration: the audit's easier digits)")
     parser.add_argument("--audit", action="store_true",
                         help="the audit's moving digits: 20 px white digits sliding on flat grey, label = digit (a calibration)")
+    parser.add_argument("--camera", action="store_true",
+                        help="synth-ucf's camera-motion clips (shards/synth/ucf.py) instead of v4's digits; no test "
+                             "split: the chosen setting is reported on the real synth-ucf test split by the engine")
     args = parser.parse_args(argv)
     started = time.time()
+    if args.camera:
+        from pathlib import Path
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        np.savez(args.out, **make_camera_splits(args.pretrain, args.val))
+        print(f"{args.out}: camera clips in {time.time() - started:.0f} s")
+        return
     pretrain, pretrain_labels = make_split(args.pretrain, 1, True, plain=args.plain, audit=args.audit)
     val, val_labels = make_split(args.val, 3, False, plain=args.plain, audit=args.audit)
     test, test_labels = make_split(args.test, 2, False, plain=args.plain, audit=args.audit)

@@ -36,7 +36,7 @@ p.add_argument("--patch", type=int, default=8)
 p.add_argument("--pred", type=str, default="2,64,4")  # depth,width,heads
 p.add_argument("--levels", type=str, default="")  # out_layers e.g. "3" or "1,3"
 p.add_argument("--ctx", type=float, default=0.0)  # context loss weight (0 = off)
-p.add_argument("--variant", default="baseline")
+p.add_argument("--variant", default="baseline", help="registry name, or a recipe's direct listing as JSON")
 p.add_argument("--pix", type=float, default=0.0)
 p.add_argument("--latent-weight", type=float, default=1.0,
                help="weight of the latent prediction loss; 0 with --pix > 0 trains on the pixel target alone (MAE-like)")
@@ -69,7 +69,7 @@ p.add_argument("--out", required=True)
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 torch.manual_seed(a.seed)
-d = np.load(a.data)
+d = dict(np.load(a.data))
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1, 1); STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1, 1)
 def to_video(u8):  # [B, T, H, W, 3] uint8 -> [B, 3, T, H, W]
     x = torch.from_numpy(u8).permute(0, 4, 1, 2, 3).float() / 255.0
@@ -77,7 +77,9 @@ def to_video(u8):  # [B, T, H, W, 3] uint8 -> [B, 3, T, H, W]
 if a.eval_split == "val" and "val" not in d:
     raise SystemExit(f"{a.data} has no validation split: render it again with python -m benchmarks.learning_search.clips")
 pre, test, test_labels = d["pre"], d[a.eval_split], torch.from_numpy(d[f"{a.eval_split}_labels"])
-probe_train, probe_labels = pre[:a.probe_n], torch.from_numpy(d["pre_labels"][:a.probe_n])
+# The probe reads the frames of the evaluation protocol where the data has them (pre_eval), pretraining its own.
+probe_train = (d["pre_eval"] if "pre_eval" in d else pre)[:a.probe_n]
+probe_labels = torch.from_numpy(d["pre_labels"][:a.probe_n])
 levels = tuple(int(x) for x in a.levels.split(",")) if a.levels else None
 cfg = model_preset("tiny", img_size=64, num_frames=pre.shape[1], patch_size=a.patch, tubelet_size=2, pos_embed="rope",
                    embed_dim=a.embed, depth=a.depth, num_heads=a.heads, out_layers=levels)
@@ -89,7 +91,7 @@ else:
 pd, pw, ph = (int(x) for x in a.pred.split(","))
 predictor = Predictor(predictor_preset("tiny", depth=pd, width=pw, num_heads=ph), encoder.out_dim, cfg.grid, masks.num_mask_configs)
 from engine.objectives.base import Variant, Term
-variant = a.variant if a.pix <= 0 else Variant("pix", (Term("pixel_target", a.pix),))
+variant = (json.loads(a.variant) if a.variant.startswith("{") else a.variant) if a.pix <= 0 else Variant("pix", (Term("pixel_target", a.pix),))
 jepa = JEPA(encoder, predictor, variant, JEPAConfig(context_loss=ContextLossConfig(weight_distance=True, lambda_value=a.ctx, lambda_start=0, lambda_end=1)))
 target = make_ema_target(encoder)
 LABEL_OF = {"class": lambda y: y, "motion": lambda y: y % 2, "digit": lambda y: y // 2}  # y = digit * 2 + motion

@@ -10,7 +10,7 @@ from .plots import plot_regime_deltas, plot_tradeoff
 from .results import (PIXEL_VARIANT, RANDOM_VARIANT, REFERENCE_VARIANTS, baseline_deltas, mean_std_text,
                       question_benchmark, regime_deltas, variants_in_order)
 from .runs import REGIMES
-from .stats import INTERVAL_METHOD, PairedDelta, mean_interval, t_quantile
+from .stats import INTERVAL_METHOD, PairedDelta, mean_interval, paired_delta, t_quantile
 
 
 def _num(value: float, digits: int = 2, signed: bool = False) -> str:
@@ -50,6 +50,37 @@ def _interval_cell(values: list[float]) -> str:
     return f"{summary.mean:.2f} [{summary.low:.2f}, {summary.high:.2f}]"
 
 
+def learning_verdicts(rows: list[dict]) -> list[str]:
+    """One line per trained variant and regime on the question benchmark: trained − the better reference
+    (higher mean over seeds), paired by seed, with its 95% t-interval, and whether the 95% intervals of the
+    trained encoder and of each reference overlap. The line `make demo` ends with."""
+    benchmark, probe = question_benchmark(rows)
+    on_question = [r for r in rows if r["benchmark"] == benchmark and r["probe"] == probe]
+    references = {v: {r["seed"]: r["top1"] for r in on_question if r["variant"] == v} for v in REFERENCE_VARIANTS}
+    references = {v: values for v, values in references.items() if values}
+    if not references:
+        return []
+    best = max(references, key=lambda v: mean_interval(list(references[v].values())).mean)
+    lines = []
+    for variant in variants_in_order(rows):
+        for regime in ("ucf", "mixed"):
+            trained = {r["seed"]: r["top1"] for r in on_question if r["variant"] == variant and r["regime"] == regime}
+            if not trained:
+                continue
+            delta = paired_delta(references[best], trained)
+            own = mean_interval(list(trained.values()))
+            apart = all(own.low > mean_interval(list(v.values())).high or own.high < mean_interval(list(v.values())).low
+                        for v in references.values()) if len(trained) > 1 else False
+            reading = ("pretraining helps" if delta.excludes_zero() and delta.mean > 0 else
+                       "pretraining hurts" if delta.excludes_zero() else "no clear effect") \
+                if delta.num_pairs > 1 else "too few seeds"
+            lines.append(f"verdict: {variant} ({REGIMES[regime]}) − {REFERENCE_LABELS[best].split(' (')[0]} on {benchmark}: "
+                         f"{_num(delta.mean, signed=True)} points top-1, 95% interval {interval_text(delta)} over "
+                         f"{delta.num_pairs} paired seeds; intervals {'apart from' if apart else 'overlapping'} both "
+                         f"references: {reading}")
+    return lines
+
+
 def _learning_section(rows: list[dict]) -> list[str]:
     """Trained encoders against the two references on the question benchmark: does pretraining learn here
     at all? Without a clear gain over both references the mixed vs UCF-only answer below means nothing."""
@@ -81,6 +112,8 @@ def _learning_section(rows: list[dict]) -> list[str]:
         lines.append("")
         lines.append("No reference was evaluated (--no-random-init and --no-pixel-baseline): nothing shows whether "
                      "pretraining learned.")
+    lines.append("")
+    lines += [f"- {line}" for line in learning_verdicts(rows)]
     lines.append("")
     return lines
 

@@ -62,8 +62,8 @@ SCALES = {
         "recipes/demo", "synth", 20, 16,
         ("The synth suite at 64 px with a tiny ViT pretrained for minutes on 2 CPU cores: it shows that the "
          "engine measures the regime effect with intervals over seeds, not what happens to a ViT-B on UCF-101.",
-         "synth-ucf's classes are digit identity x motion family (slide / spin) with scenes drawn independently "
-         "of the class; the mixed regime's extra data (synth-ssv2, synth-in) is not SSv2 or ImageNet-100, so "
+         "synth-ucf's classes are camera motions (pans in 8 directions x 2 speeds, zooms, rolls) over scenes "
+         "drawn independently of the class; the mixed regime's extra data (synth-ssv2, synth-in) is not SSv2 or ImageNet-100, so "
          "transfer between the parts is not that of the real datasets.",
          "Probe epochs are shortened for CPU (the same for every row); absolute accuracies are far from converged.")),
     "paper": ScaleDefaults(
