@@ -21,13 +21,18 @@ install: $(VENV)/.installed
 shards: install
 	$(PY) -m shards.build synth --root $(DATA)/raw --out $(DATA)/shards --scale demo --seed 0
 
-# Pretrain the demo-scale mixed-regime FWM recipe (resumes if a run is already there), then probe the
-# exported encoder on the four synth benchmarks beside its random init and the pixel baseline (mean and
-# 95% interval over 3 probe seeds) and print the table.
+# The demo: the small-scale recipe that learns (recipes/demo/ucf_sigreg_small.yaml, docs/learning.md) pretrained
+# with 3 seeds on synth-ucf (resumes what is there), each encoder probed on synth-ucf's test split beside the
+# random init and the pixel baseline of its seed (runs/demo/REPORT.md), seed 0's learning curve, then the
+# table and the verdict: trained − the better reference with its 95% interval over the pretraining seeds.
+DEMO_VARIANT := sigreg_small
 demo: shards
-	$(PY) -m engine.train --recipe recipes/demo/mixed_fwm.yaml --resume auto
-	$(PY) -m engine.eval.evaluate runs/demo_mixed_fwm/encoder.safetensors --benchmarks synth \
-		--shards $(DATA)/shards --out runs/demo_mixed_fwm/eval --probe-epochs 20 --baselines --probe-seeds 3
+	$(PY) -m engine.eval.study --variants $(DEMO_VARIANT) --regimes ucf --seeds 3 --scale demo \
+		--benchmarks synth-ucf --shards $(DATA)/shards --out runs/demo
+	$(PY) -m engine.eval.learning_curve runs/demo_ucf_$(DEMO_VARIANT)_s0 --benchmarks synth-ucf \
+		--shards $(DATA)/shards --fractions 0,0.1,0.25,0.5,1.0 --probe-seeds 1 --probe-epochs 20 \
+		--out runs/demo/learning_curve
+	$(PY) -m engine.eval.verdict runs/demo --curve runs/demo/learning_curve/learning_curve.png
 
 # Every test (the slow ones too: real DeepSpeed launches, signals, resumes), within 15 minutes on 2 cores.
 test: install

@@ -112,6 +112,40 @@ def make_camera_splits(pretrain: int, val: int, workers: int = 2) -> dict:
             "val_labels": np.array([c[2] for c in held_out])}
 
 
+def render_texture_clip(rng, direction, fast, frames=8, size=64):
+    """[T, H, W, 3] uint8, the clip-global motion check of the third learning audit
+    (/work/shared/docs/learning-audit.md): a random smooth colour texture translating with one velocity per
+    clip, one of 8 directions x 2 speeds, 8 consecutive frames."""
+    from PIL import Image, ImageFilter
+    big = size * 2
+    noise = rng.integers(0, 256, (big // 4, big // 4, 3), dtype=np.uint8)
+    texture = Image.fromarray(noise).resize((big, big), Image.BICUBIC).filter(ImageFilter.GaussianBlur(2))
+    tint = rng.uniform(0.5, 1.5, 3)
+    world = np.clip(np.asarray(texture, np.float32) * tint, 0, 255)
+    speed = (2.0 if fast else 1.0) * rng.uniform(0.9, 1.1)
+    angle = direction * np.pi / 4
+    vx, vy = np.cos(angle) * speed, -np.sin(angle) * speed
+    x0 = rng.uniform(size / 2 + 16, big - size / 2 - 16); y0 = rng.uniform(size / 2 + 16, big - size / 2 - 16)
+    out = []
+    for t in range(frames):
+        cx, cy = x0 + vx * (t - frames / 2), y0 + vy * (t - frames / 2)
+        view = Image.fromarray(world.astype(np.uint8)).transform(
+            (size, size), Image.AFFINE, (1, 0, cx - size / 2, 0, 1, cy - size / 2), resample=Image.BILINEAR)
+        out.append(np.asarray(view))
+    return draw.with_noise(np.stack(out), rng, 4.0)
+
+
+def make_texture_split(n, seed):
+    """n texture clips, label = direction * 2 + fast (16 classes)."""
+    rng = np.random.default_rng(seed)
+    clips = np.empty((n, 8, 64, 64, 3), np.uint8); labels = np.empty(n, np.int64)
+    for i in range(n):
+        direction, fast = int(rng.integers(8)), int(rng.integers(2))
+        clips[i] = render_texture_clip(rng, direction, fast)
+        labels[i] = direction * 2 + fast
+    return clips, labels
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="data/learning_search/clips.npz")
@@ -124,8 +158,19 @@ def main(argv=None) -> None:
     parser.add_argument("--camera", action="store_true",
                         help="synth-ucf's camera-motion clips (shards/synth/ucf.py) instead of v4's digits; no test "
                              "split: the chosen setting is reported on the real synth-ucf test split by the engine")
+    parser.add_argument("--textures", action="store_true",
+                        help="the third audit's motion check: smooth colour textures translating, 8 directions x 2 "
+                             "speeds (16 classes; a calibration of the search loop against that audit)")
     args = parser.parse_args(argv)
     started = time.time()
+    if args.textures:
+        from pathlib import Path
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        pre, pre_labels = make_texture_split(args.pretrain, 1)
+        val, val_labels = make_texture_split(args.val, 3)
+        np.savez(args.out, pre=pre, pre_labels=pre_labels, val=val, val_labels=val_labels)
+        print(f"{args.out}: texture clips in {time.time() - started:.0f} s")
+        return
     if args.camera:
         from pathlib import Path
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from engine.masking.config import MaskConfig
 from engine.jepa import JEPA, JEPAConfig
 from engine.objectives.jepa_loss import ContextLossConfig
 from engine.eval.features import CachedFeatures
+from engine.eval.knn import knn_probe
 from engine.eval.probes import ProbeArch
 from engine.eval.probe_train import ProbeTrainConfig, train_probe_sweep
 from engine.training.collapse import collapse_metrics
@@ -51,6 +52,10 @@ p.add_argument("--supervised-labels", choices=("class", "motion", "digit"), defa
 p.add_argument("--supervised-head", choices=("mean_linear", "attentive"), default="mean_linear",
                help="--supervised head: a Linear on mean-pooled tokens, or the benchmark's attentive probe on all tokens")
 p.add_argument("--supervised", action="store_true", help="upper reference: train the encoder with labels (linear head on mean-pooled tokens, cross-entropy) instead of JEPA")
+p.add_argument("--head-only-steps", type=int, default=0,
+               help="--supervised: train the head alone (encoder frozen) for this many steps first, then both "
+                    "(linear-probe-then-fine-tune, so early head noise does not wash out the encoder's features)")
+p.add_argument("--encoder-lr-scale", type=float, default=1.0, help="--supervised: the encoder's lr = --lr times this")
 p.add_argument("--probe-sweep", type=str, default="")
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--eval-at", type=str, default="0,600")
@@ -111,10 +116,11 @@ else:
 if a.supervised:  # the encoder trained with labels; probed like every other encoder (online weights)
     jepa = torch.nn.ModuleDict({"encoder": encoder, "head": head})
     a.eval_online = True
-decay, no_decay = [], []
+groups = {}  # (weight decay, is the supervised encoder) -> params
 for n_, p_ in jepa.named_parameters():
-    (no_decay if p_.ndim < 2 else decay).append(p_)
-opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.wd}, {"params": no_decay, "weight_decay": 0.0}], lr=a.lr, betas=(0.9, 0.999))
+    groups.setdefault((0.0 if p_.ndim < 2 else a.wd, a.supervised and n_.startswith("encoder.")), []).append(p_)
+opt = torch.optim.AdamW([{"params": ps, "weight_decay": wd, "supervised_encoder": enc} for (wd, enc), ps in groups.items()],
+                        lr=a.lr, betas=(0.9, 0.999))
 
 def residual_stream(module, video):  # [B, C, T, H, W] -> [B, N, D]: the last block's output before the level norm
     from engine.models.layers import apply_block
@@ -149,7 +155,7 @@ def probe(module, pixel=False):
                               sweep_lrs=tuple(float(x) for x in a.probe_sweep.split(",") if x)), 20)
         accs.append([h.top1 for h in r.heads])
     torch.set_num_threads(threads)
-    return accs
+    return accs, knn_probe(tr, te, 20)["top1"]
 
 def token_stats(module):
     """(rank, within-clip share) of 200 test clips' eval tokens, as the collapse alarm computes them."""
@@ -163,7 +169,7 @@ def save():
     json.dump(results, open(a.out, "w"), indent=1)
 eval_at = sorted(int(x) for x in a.eval_at.split(","))
 if a.pixel:
-    results["pixel"] = probe(encoder, pixel=True); save()
+    results["pixel"], results["pixel_knn"] = probe(encoder, pixel=True); save()
     print("pixel", results["pixel"], flush=True)
 gen = torch.Generator().manual_seed(a.seed)
 t0 = time.time(); losses = []
@@ -177,8 +183,8 @@ for step in range(a.steps + 1):
             next_wall_eval += a.eval_every_min * 60
         te0 = time.time()
         ev = encoder if a.eval_online else target
-        accs = probe(ev); rank, within = token_stats(ev)
-        results["evals"].append({"step": step, "top1": accs, "rank": rank, "within": within, "train_s": train_s,
+        accs, knn = probe(ev); rank, within = token_stats(ev)
+        results["evals"].append({"step": step, "top1": accs, "knn_top1": knn, "rank": rank, "within": within, "train_s": train_s,
                                  "loss": float(np.mean(losses[-20:])) if losses else None})
         save(); print(results["evals"][-1], "eval_s", round(time.time() - te0), flush=True)
     if step == a.steps or out_of_time:
@@ -192,7 +198,11 @@ for step in range(a.steps + 1):
         clips = clips[:, :, :, ::-1].copy()
     video = to_video(clips)
     lr = a.lr * min(1.0, (step + 1) / max(1, a.warmup))
-    for g in opt.param_groups: g["lr"] = lr
+    for g in opt.param_groups:
+        if g["supervised_encoder"]:
+            g["lr"] = 0.0 if step < a.head_only_steps else lr * a.encoder_lr_scale
+        else:
+            g["lr"] = lr
     m = a.ema[0] + (a.ema[1] - a.ema[0]) * step / max(1, a.steps)
     if a.supervised:
         labels = LABEL_OF[a.supervised_labels](torch.from_numpy(d["pre_labels"][np.sort(idx)]))
