@@ -16,7 +16,7 @@ STUDY_ROWS = {
     "sigreg", "sigreg_no_ema", "hamiltonian", "velgate", "future_predictive", "motion_future",
 }
 # Small-scale objectives (issue 23), not rows of the study.
-SMALL_SCALE_ROWS = {"lejepa", "lejepa_future", "random_teacher"}
+SMALL_SCALE_ROWS = {"lejepa", "lejepa_future", "vicreg", "vicreg_future", "random_teacher"}
 
 
 def terms_of(name):

@@ -15,6 +15,7 @@ from engine.masking import build_mask_generator
 from engine.models import Predictor, VisionTransformer, make_ema_target, model_preset, predictor_preset
 from engine.objectives import VARIANTS, ContextLossConfig, MaskView, StepInputs, Term, Variant, resolve_variant
 from engine.objectives.lejepa import LeJEPASIGRegParams, LeJEPASIGRegTerm
+from engine.objectives.vicreg import VICRegParams, VICRegTerm
 
 REPO = Path(__file__).resolve().parents[1]
 CONTEXT = ContextLossConfig(lambda_value=0.5, lambda_start=0, lambda_end=10)  # λ_ctx(5) = 0.25
@@ -70,7 +71,7 @@ def tiny_batch(cfg, mask_generator: str, seed: int = 0, batch: int = 3):
 # ---------------------------------------------------------------- LeJEPA SIGReg
 
 # B = 2 clips of Kc = 3 one-dimensional tokens: a unit direction in 1-d is ±1, and the statistic is the same
-# for x and −x (|φ_n(−t) − φ(−t)| = |φ_n(t) − φ(t)|), so the hand value does not depend on the drawn slice.
+# for x and −x (|φ_n(−t) − φ(−t)| = |φ_n(t) − φ(t)|), so the hand value does not depend on the slice.
 TOKENS = [[0.3, -1.2, 2.0], [0.0, 0.7, -0.4]]
 
 
@@ -169,6 +170,72 @@ def test_prediction_weight_and_frozen_target_come_from_a_listing_and_are_checked
         Variant("both", frozen_target=True, disable_ema=True)
     with pytest.raises(ValueError, match="prediction_weight"):
         Variant("negative", prediction_weight=-0.1)
+
+
+# ---------------------------------------------------------------- VICReg (EB-JEPA form)
+
+def hand_vicreg(rows: list[list[float]], std_weight: float, cov_weight: float, gamma: float, eps: float) -> float:
+    """std_weight·mean_d max(0, γ − sqrt(var_d + ε)) + cov_weight·Σ_{i≠j} C_ij² / D, plain Python, n − 1."""
+    n, dim = len(rows), len(rows[0])
+    mean = [sum(r[d] for r in rows) / n for d in range(dim)]
+    cov = [[sum((r[i] - mean[i]) * (r[j] - mean[j]) for r in rows) / (n - 1) for j in range(dim)] for i in range(dim)]
+    variance = sum(max(0.0, gamma - math.sqrt(cov[d][d] + eps)) for d in range(dim)) / dim
+    covariance = sum(cov[i][j] ** 2 for i in range(dim) for j in range(dim) if i != j) / dim
+    return std_weight * variance + cov_weight * covariance
+
+
+# 2 clips of 3 context tokens of 2 dims; small spread, so the hinge is active, and correlated dims.
+VIC = [[[0.1, 0.4], [0.3, -0.2], [-0.5, 0.1]], [[0.2, 0.3], [0.6, 0.5], [-0.1, -0.3]]]
+
+
+@pytest.mark.parametrize("on", ["tokens", "pooled", "both"])
+def test_vicreg_matches_a_hand_computation(on):
+    params = VICRegParams(std_weight=0.7, cov_weight=2.0, gamma=1.0, eps=1e-4, on=on)
+    tokens = [row for clip in VIC for row in clip]
+    pooled = [[sum(r[d] for r in clip) / 3 for d in range(2)] for clip in VIC]
+    expected = {"tokens": hand_vicreg(tokens, 0.7, 2.0, 1.0, 1e-4), "pooled": hand_vicreg(pooled, 0.7, 2.0, 1.0, 1e-4)}
+    expected["both"] = expected["tokens"] + expected["pooled"]
+    assert expected["tokens"] > 0 and expected["pooled"] > 0
+    value = VICRegTerm(params, feat_dim=2).step_loss(inputs_of(view_of(torch.tensor(VIC)))).item()
+    assert value == pytest.approx(expected[on], rel=1e-5)
+
+
+def test_vicreg_is_zero_for_decorrelated_unit_spread_and_refuses_one_sample():
+    # Two dims, four samples: ±2 on each axis: std > γ, covariance 0 off the diagonal.
+    spread = torch.tensor([[[2.0, 0.0], [-2.0, 0.0], [0.0, 2.0], [0.0, -2.0]]])
+    term = VICRegTerm(VICRegParams(on="tokens"), feat_dim=2)
+    assert term.step_loss(inputs_of(view_of(spread))).item() == 0.0
+    with pytest.raises(ValueError, match="at least 2 embeddings"):
+        VICRegTerm(VICRegParams(on="pooled"), feat_dim=2).step_loss(inputs_of(view_of(spread)))
+
+
+def test_vicreg_gradient_reaches_the_student_and_every_projection_weight():
+    term = VICRegTerm(VICRegParams(projection_dim=4, projection_hidden=6), feat_dim=5)
+    student = 0.1 * torch.randn(4, 7, 5, generator=torch.Generator().manual_seed(0))
+    student.requires_grad_(True)
+    term.step_loss(inputs_of(view_of(student))).backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0
+    named = dict(term.named_parameters())
+    assert len(named) == 4 and all(p.grad is not None and p.grad.abs().sum() > 0 for p in named.values())
+
+
+@pytest.mark.parametrize("name, masks", [("vicreg", "multiblock"), ("vicreg_future", "future_predictive")])
+def test_vicreg_variants_add_the_regulariser_with_one_shared_encoder(name, masks):
+    variant = VARIANTS[name]
+    assert variant.disable_ema and variant.mask_generator == masks and variant.prediction_weight == 1.0
+    cfg, encoder, predictor = tiny_parts()
+    target_encoder = make_ema_target(encoder)
+    jepa = JEPA(encoder, predictor, name, JEPAConfig(context_loss=CONTEXT))
+    assert jepa.trained_encoder == "encoder"
+    video, masks_ = tiny_batch(cfg, jepa.mask_generator)
+    losses = jepa(video, masks_, STEP, None)
+    expected = losses["pred"] + CONTEXT.lambda_at(STEP) * losses["ctx"] + losses["vicreg"]
+    assert losses["vicreg"].item() > 0
+    assert losses["total"].item() == pytest.approx(expected.item(), rel=1e-6)
+    (grad,) = torch.autograd.grad(losses["vicreg"], encoder.patch_embed.weight, retain_graph=True)
+    assert grad.abs().sum() > 0
+    losses["total"].backward()
+    assert all(p.grad is None for p in target_encoder.parameters())
 
 
 # ---------------------------------------------------------------- random teacher (positive control)

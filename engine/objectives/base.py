@@ -60,9 +60,11 @@ class Variant:
     def __post_init__(self):
         if self.frozen_target and self.disable_ema:
             raise ValueError(f"variant {self.name!r}: frozen_target and disable_ema exclude each other (a frozen "
-                             "target needs the target encoder; disable_ema replaces it by the online one); fix: set only one of them")
+                             "target needs the target encoder; disable_ema replaces it by the online one); fix: "
+                             "set only one of them")
         if not self.prediction_weight >= 0:
-            raise ValueError(f"variant {self.name!r}: prediction_weight={self.prediction_weight} must be >= 0; fix: a non-negative weight")
+            raise ValueError(f"variant {self.name!r}: prediction_weight={self.prediction_weight} must be >= 0; "
+                             "fix: give a non-negative weight")
         keys = [t.key for t in self.terms]
         duplicates = sorted({k for k in keys if keys.count(k) > 1})
         if duplicates:

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from engine.fields import at_least, field_doc
 from engine.objectives.base import MaskView, StepInputs
+from engine.objectives.projection import build_projection
 from engine.objectives.sigreg import SIGRegParams, SIGRegTerm, sliced_epps_pulley
 
 
@@ -41,15 +42,6 @@ class LeJEPASIGRegParams(SIGRegParams):
     projection_hidden: int = field_doc(0, "With projection_dim > 0: 0 = one Linear(D, projection_dim); > 0 = a "
                                           "2-layer MLP Linear(D, hidden), GELU, Linear(hidden, projection_dim).",
                                        valid=at_least(0))
-
-
-def build_projection(feat_dim: int, dim: int, hidden: int) -> nn.Module:
-    """Identity (dim 0), one Linear, or a 2-layer MLP from feat_dim to dim."""
-    if dim == 0:
-        return nn.Identity()
-    if hidden == 0:
-        return nn.Linear(feat_dim, dim)
-    return nn.Sequential(nn.Linear(feat_dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
 
 class LeJEPASIGRegTerm(SIGRegTerm):

@@ -20,6 +20,7 @@ from engine.objectives.pixel_target import PixelTargetTerm
 from engine.objectives.sigreg import SIGRegTerm
 from engine.objectives.spectral import SpectralTerm
 from engine.objectives.velgate import VelocityGateTerm
+from engine.objectives.vicreg import VICRegTerm
 
 TERM_KINDS: dict[str, type[AuxTerm]] = {
     "hw": HardRegionTerm,
@@ -36,6 +37,7 @@ TERM_KINDS: dict[str, type[AuxTerm]] = {
     "velgate": VelocityGateTerm,
     "pixel_target": PixelTargetTerm,
     "lejepa_sigreg": LeJEPASIGRegTerm,
+    "vicreg": VICRegTerm,
 }
 
 # Mask generators by their names in engine.masking's registry.
@@ -116,6 +118,11 @@ VARIANTS: dict[str, Variant] = _variants(
                           f"embedding, λ={LEJEPA_LAMBDA}, EMA off{suffix}")
       for name, masks, suffix in (("lejepa", MULTIBLOCK, ""),
                                   ("lejepa_future", FUTURE_PREDICTIVE, ", future-prediction masks"))),
+    *(Variant(name, (Term("vicreg", 1.0),), masks, disable_ema=True,
+              description=f"EB-JEPA form: prediction + VICReg variance–covariance on the context tokens and the "
+                          f"clip-pooled embedding, one shared encoder (EMA off){suffix}")
+      for name, masks, suffix in (("vicreg", MULTIBLOCK, ""), ("vicreg_future", FUTURE_PREDICTIVE,
+                                                               ", future-prediction masks"))),
     Variant("random_teacher", (), frozen_target=True,
             description="positive control: distil a frozen random-init teacher (the target never updated); "
                         "the student is the trained encoder"),
