@@ -300,3 +300,60 @@ def test_random_teacher_target_stays_bit_equal_to_its_init_through_training_step
         assert torch.equal(value, init[name]), name
     moved = [name for name, value in encoder.state_dict().items() if not torch.equal(value, init[name])]
     assert "patch_embed.weight" in moved and len(moved) > len(init) // 2
+
+
+@pytest.mark.slow  # one DeepSpeed run of 2 steps: ~1 min on a busy 2-core machine
+def test_random_teacher_run_keeps_the_teacher_at_init_and_exports_the_student(tmp_path):
+    """`python -m engine.train` end to end: the checkpoint's target is bit-equal to the model's seeded init,
+    trainer.json names the online encoder, and both the run's export and an export of its checkpoint hold
+    the student's trained weights."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from data_fixtures import FixtureSpec, write_dataset
+    from proc_helpers import free_port
+
+    from engine.export import export_checkpoint, load_encoder, read_metadata
+    from engine.recipe import read_resolved_recipe
+
+    shards = write_dataset(tmp_path / "shards", FixtureSpec(dataset="tiny", num_samples=8, num_frames=16, height=32,
+                                                            width=32, samples_per_shard=8))
+    recipe = {
+        "run": {"name": "teacher", "out_dir": str(tmp_path / "runs"), "seed": 3},
+        "model": {"preset": "tiny", "img_size": 32, "num_frames": 8, "patch_size": 8, "tubelet_size": 2, "depth": 1},
+        "predictor": {"preset": "tiny"},
+        "objective": {"variant": "random_teacher"},
+        "data": {"datasets": [{"root": str(shards), "frame_step": 1}], "num_workers": 1, "num_threads": 1},
+        "train": {"steps": 2, "global_batch": 2, "micro_batch": 2, "checkpoint_every": 2, "progress_bar": False},
+        "optim": {"lr": 3.0e-3, "start_lr": 3.0e-3, "final_lr": 3.0e-3, "warmup_steps": 0},
+        "ema": {"momentum": 0.5, "final_momentum": 0.5},  # an EMA update would move the target a lot
+        "parallel": {"zero_stage": 2, "cpu_threads": 1},
+    }
+    path = tmp_path / "teacher.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+           "MASTER_PORT": str(free_port())}
+    result = subprocess.run([sys.executable, "-m", "engine.train", "--recipe", str(path)], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    run_dir = tmp_path / "runs" / "teacher"
+    ckpt = run_dir / "checkpoints" / "step_00000002"
+    assert json.loads((ckpt / "trainer.json").read_text())["trained_encoder"] == "encoder"
+    resolved = read_resolved_recipe(ckpt / "recipe.yaml")
+    torch.manual_seed(resolved.run.seed)  # the trainer's init is a function of the seed alone
+    init = VisionTransformer(resolved.model).state_dict()
+    teacher = torch.load(ckpt / "trainer.pt", weights_only=True)["ema_target"]
+    assert teacher.keys() == init.keys() and all(torch.equal(teacher[k], init[k]) for k in init)
+    module = torch.load(ckpt / "ds" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    student = {k[len("encoder."):]: v for k, v in module.items() if k.startswith("encoder.")}
+    assert not torch.equal(student["patch_embed.weight"], init["patch_embed.weight"])  # the student trained
+    for exported in (run_dir / "encoder.safetensors", export_checkpoint(ckpt, tmp_path / "from_checkpoint.safetensors")):
+        assert read_metadata(exported)["trained_encoder"] == "encoder"
+        state = load_encoder(exported).state_dict()
+        assert state.keys() == student.keys() and all(torch.equal(state[k], student[k]) for k in student), exported
