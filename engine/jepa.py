@@ -13,8 +13,10 @@ gradient, and leaves the EMA target untouched, so the encoder that was trained i
 released evaluation still loaded the untouched `target_encoder` (docs/paper.md §6.3): `paper_compat`
 reproduces that choice, and the one of building the hard-region weighted LD loss under no_grad (§6.1).
 
-`frozen_target` (the random-teacher control) keeps the target encoder at its initial weights: targets come
-from it without gradient, `update_target` leaves it alone, and the trained encoder is `encoder`.
+`frozen_target` (the random-teacher control) keeps the target encoder at its initial weights (the trainer
+builds it as a copy of the online encoder at init, so the teacher is the student's own starting point):
+targets come from it without gradient, `update_target` leaves it alone, and the trained encoder is `encoder`.
+The collapse alarm reads the targets, so for this variant it watches the teacher, which cannot collapse.
 """
 from __future__ import annotations
 
