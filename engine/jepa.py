@@ -4,12 +4,19 @@ the variant (docs/paper.md §2 for the baseline, §3 for the auxiliary terms, §
     h     = LN per level (target encoder on the full clip)          no gradient while the EMA is on
     z     = encoder(kept tokens of mask config m)                   one pass per mask config
     ẑ     = predictor(z, context, targets, mask token m)
-    total = mean_m L_pred + λ_ctx(step)·mean_m L_ctx + Σ_k coeff_k·schedule_k(step)·L_k
+    total = w·(mean_m L_pred + λ_ctx(step)·mean_m L_ctx) + Σ_k coeff_k·schedule_k(step)·L_k
+
+w is the variant's `prediction_weight` (1 for the study's rows; 1−λ in the LeJEPA form).
 
 `disable_ema` (kinematic and SIGReg-no-EMA rows) makes the online encoder produce the targets, with
 gradient, and leaves the EMA target untouched, so the encoder that was trained is `encoder`. The study's
 released evaluation still loaded the untouched `target_encoder` (docs/paper.md §6.3): `paper_compat`
 reproduces that choice, and the one of building the hard-region weighted LD loss under no_grad (§6.1).
+
+`frozen_target` (the random-teacher control) keeps the target encoder at its initial weights (the trainer
+builds it as a copy of the online encoder at init, so the teacher is the student's own starting point):
+targets come from it without gradient, `update_target` leaves it alone, and the trained encoder is `encoder`.
+The collapse alarm reads the targets, so for this variant it watches the teacher, which cannot collapse.
 """
 from __future__ import annotations
 
@@ -59,13 +66,14 @@ class JEPAConfig:
                                           "of a no-EMA run. Off by default.")
 
 
-def trained_encoder_key(disable_ema: bool, paper_compat: bool) -> str:
+def trained_encoder_key(disable_ema: bool, paper_compat: bool, frozen_target: bool = False) -> str:
     """Checkpoint key of the encoder that evaluation must load.
 
     With the EMA on, the EMA target is the trained (averaged) encoder, as in the paper. With it off the
     EMA target is the untouched initial copy, so the trained one is the online encoder, unless
-    paper_compat asks for the released (wrong) choice."""
-    if disable_ema and not paper_compat:
+    paper_compat asks for the released (wrong) choice. A frozen target is the random teacher: the
+    student (online encoder) is the trained one, whatever paper_compat says (the study had no such row)."""
+    if frozen_target or (disable_ema and not paper_compat):
         return ONLINE
     return TARGET
 
@@ -99,6 +107,10 @@ class JEPA(nn.Module):
         self.encoder = encoder
         self.predictor = predictor
         self.disable_ema = self.variant.disable_ema if self.cfg.disable_ema is None else bool(self.cfg.disable_ema)
+        self.frozen_target = self.variant.frozen_target
+        if self.frozen_target and self.disable_ema:
+            raise ValueError(f"variant {self.variant.name!r} keeps a frozen target; loss.disable_ema: true would "
+                             "replace it by the online encoder (fix: drop loss.disable_ema or use another variant)")
         self.paper_compat = self.cfg.paper_compat
         # Rebuild the variant with the effective EMA switch so that the objective's checks see it.
         if self.disable_ema != self.variant.disable_ema:
@@ -111,7 +123,7 @@ class JEPA(nn.Module):
                 geometry = encoder.cfg
                 term.configure(geometry.in_chans * geometry.tubelet_size * geometry.patch_size ** 2)
         self.levels = encoder.out_dim // encoder.embed_dim
-        self.trained_encoder = trained_encoder_key(self.disable_ema, self.paper_compat)
+        self.trained_encoder = trained_encoder_key(self.disable_ema, self.paper_compat, self.frozen_target)
         self._kept_targets: Tensor | None = None
 
     def no_weight_decay(self) -> set[str]:
@@ -194,7 +206,7 @@ class JEPA(nn.Module):
 
         losses: dict[str, Tensor] = {"pred": torch.stack(pred_losses).mean(), "ctx": torch.stack(ctx_losses).mean()}
         lam = self.cfg.context_loss.lambda_at(step)
-        total = losses["pred"] + lam * losses["ctx"]
+        total = self.variant.prediction_weight * (losses["pred"] + lam * losses["ctx"])
         for key, value in aux.items():
             losses[key] = value
             total = total + coeffs[key] * value
@@ -211,8 +223,9 @@ class JEPA(nn.Module):
 
     @torch.no_grad()
     def update_target(self, target_encoder: nn.Module, momentum: float) -> None:
-        """EMA step of the target; a no-op when the EMA is disabled (the target stays the initial copy)."""
-        if self.disable_ema:
+        """EMA step of the target; a no-op when the EMA is disabled or the target is frozen (the target
+        stays the initial copy)."""
+        if self.disable_ema or self.frozen_target:
             return
         ema_update(target_encoder, self.encoder, momentum)
 

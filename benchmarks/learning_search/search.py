@@ -31,7 +31,7 @@ p.add_argument("--lr", type=float, default=5e-4)
 p.add_argument("--wd", type=float, default=0.04)
 p.add_argument("--warmup", type=int, default=50)
 p.add_argument("--ema", type=float, nargs=2, default=[0.996, 1.0])
-p.add_argument("--masks", default="multiblock")  # registry name or json list of MaskConfig kwargs
+p.add_argument("--masks", default="")  # registry name or json list of MaskConfig kwargs; "" = the variant's own
 p.add_argument("--embed", type=int, default=64); p.add_argument("--depth", type=int, default=4); p.add_argument("--heads", type=int, default=4)
 p.add_argument("--patch", type=int, default=8)
 p.add_argument("--pred", type=str, default="2,64,4")  # depth,width,heads
@@ -89,14 +89,16 @@ levels = tuple(int(x) for x in a.levels.split(",")) if a.levels else None
 cfg = model_preset("tiny", img_size=64, num_frames=pre.shape[1], patch_size=a.patch, tubelet_size=2, pos_embed="rope",
                    embed_dim=a.embed, depth=a.depth, num_heads=a.heads, out_layers=levels)
 encoder = VisionTransformer(cfg)
-if a.masks in MASKING_REGISTRY:
-    masks = build_mask_generator(a.masks)
+from engine.objectives.base import Variant, Term
+from engine.objectives.registry import resolve_variant
+variant = (json.loads(a.variant) if a.variant.startswith("{") else a.variant) if a.pix <= 0 \
+    else Variant("pix", (Term("pixel_target", a.pix),))
+if not a.masks or a.masks in MASKING_REGISTRY:
+    masks = build_mask_generator(a.masks or resolve_variant(variant).mask_generator)
 else:
     masks = build_mask_generator([MaskConfig(**m) for m in json.loads(a.masks)])
 pd, pw, ph = (int(x) for x in a.pred.split(","))
 predictor = Predictor(predictor_preset("tiny", depth=pd, width=pw, num_heads=ph), encoder.out_dim, cfg.grid, masks.num_mask_configs)
-from engine.objectives.base import Variant, Term
-variant = (json.loads(a.variant) if a.variant.startswith("{") else a.variant) if a.pix <= 0 else Variant("pix", (Term("pixel_target", a.pix),))
 jepa = JEPA(encoder, predictor, variant, JEPAConfig(context_loss=ContextLossConfig(weight_distance=True, lambda_value=a.ctx, lambda_start=0, lambda_end=1)))
 target = make_ema_target(encoder)
 LABEL_OF = {"class": lambda y: y, "motion": lambda y: y % 2, "digit": lambda y: y // 2}  # y = digit * 2 + motion
@@ -182,7 +184,7 @@ for step in range(a.steps + 1):
         while train_s >= next_wall_eval:
             next_wall_eval += a.eval_every_min * 60
         te0 = time.time()
-        ev = encoder if a.eval_online else target
+        ev = encoder if a.eval_online else jepa.encoder_for_eval(target)  # online for EMA-off and frozen-teacher variants
         accs, knn = probe(ev); rank, within = token_stats(ev)
         results["evals"].append({"step": step, "top1": accs, "knn_top1": knn, "rank": rank, "within": within, "train_s": train_s,
                                  "loss": float(np.mean(losses[-20:])) if losses else None})
@@ -215,7 +217,7 @@ for step in range(a.steps + 1):
         continue
     ms = masks(video.shape[0], cfg.grid, gen, video)
     out = jepa(video, ms, step, target)
-    total = out["total"] - (1.0 - a.latent_weight) * out["pred"]
+    total = out["total"] - (1.0 - a.latent_weight) * jepa.variant.prediction_weight * out["pred"]
     opt.zero_grad(set_to_none=True); total.backward(); opt.step()
     jepa.update_target(target, m)
     losses.append(float(out["pred"].detach()) if a.latent_weight > 0 else float(out["pixel_target"].detach()))

@@ -1,8 +1,9 @@
 """The vocabulary shared by every objective family: terms, variants, and what a term sees of one step.
 
 A *variant* (a row of the study) is a list of `Term`s, each naming a registered term kind with a
-coefficient and its parameters, plus the two non-loss choices that come with a row: the mask generator
-it was run with and whether the EMA target is switched off.
+coefficient and its parameters, the weight of the prediction loss beside them, plus the non-loss choices
+that come with a row: the mask generator it was run with and where the targets come from (the EMA target,
+the online encoder, or a target frozen at its initial weights).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from engine.fields import check_fields, field_doc
+from engine.fields import at_least, check_fields, field_doc
 from engine.objectives.grid import FeatureGrid, scatter_to_grid, token_grid
 
 
@@ -37,7 +38,7 @@ class Term:
 
 @dataclass(frozen=True)
 class Variant:
-    """A named objective of the study: auxiliary terms on top of L_pred + λ_ctx·L_ctx."""
+    """A named objective of the study: auxiliary terms on top of w·(L_pred + λ_ctx·L_ctx)."""
 
     name: str = field_doc("custom", "Registry name, also the run name stem.")
     terms: tuple[Term, ...] = field_doc((), "Auxiliary terms added to the JEPA loss (empty for the baseline and "
@@ -47,8 +48,23 @@ class Variant:
     disable_ema: bool = field_doc(False, "True: targets come from the online encoder with gradient and the EMA "
                                          "target is never updated.")
     description: str = field_doc("", "One line on what the row computes.")
+    prediction_weight: float = field_doc(1.0, "w, the multiplier of the JEPA prediction loss L_pred + "
+                                              "λ_ctx·L_ctx in the total. 1 for the study's rows; 1−λ in the "
+                                              "LeJEPA form, total = (1−λ)·prediction + λ·SIGReg.",
+                                         valid=at_least(0))
+    frozen_target: bool = field_doc(False, "True: the target encoder stays at its initial (random) weights: "
+                                           "never EMA-updated, no gradient; the student distils from it and the "
+                                           "exported encoder is the online one (the random-teacher control). "
+                                           "Excludes disable_ema.")
 
     def __post_init__(self):
+        if self.frozen_target and self.disable_ema:
+            raise ValueError(f"variant {self.name!r}: frozen_target and disable_ema exclude each other (a frozen "
+                             "target needs the target encoder; disable_ema replaces it by the online one); fix: "
+                             "set only one of them")
+        if not self.prediction_weight >= 0:
+            raise ValueError(f"variant {self.name!r}: prediction_weight={self.prediction_weight} must be >= 0; "
+                             "fix: give a non-negative weight")
         keys = [t.key for t in self.terms]
         duplicates = sorted({k for k in keys if keys.count(k) > 1})
         if duplicates:

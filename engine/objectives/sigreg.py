@@ -66,11 +66,12 @@ class SIGRegTerm(MaskViewTerm):
         super().__init__(params, feat_dim)
         # The mask configs of one step share the directions; drawing them once saves a D×M randn.
         self._cached: tuple[int, Tensor] | None = None
+        self.slice_dim = feat_dim  # width of the features the directions act on (a projection may change it)
 
     def directions(self, step: int, device: torch.device) -> Tensor:
         seed = self.params.seed + step
         if self._cached is None or self._cached[0] != seed or self._cached[1].device != device:
-            self._cached = (seed, slice_directions(self.feat_dim, self.params.num_slices, seed, device))
+            self._cached = (seed, slice_directions(self.slice_dim, self.params.num_slices, seed, device))
         return self._cached[1]
 
     def view_loss(self, view: MaskView, inputs: StepInputs) -> Tensor:
