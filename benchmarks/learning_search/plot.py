@@ -27,7 +27,8 @@ def curve(run: dict) -> tuple[list[float], list[float], list[list[float]]]:
     return minutes, means, seeds
 
 
-def plot(runs: list[dict], labels: list[str], out: Path, title: str) -> Path:
+def plot(runs: list[dict], labels: list[str], out: Path, title: str, reference_run: dict | None = None) -> Path:
+    """reference_run: the run whose step-0 probe and pixel baseline draw the references (default: the first)."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for run, label in zip(runs, labels):
         minutes, means, seeds = curve(run)
@@ -35,7 +36,7 @@ def plot(runs: list[dict], labels: list[str], out: Path, title: str) -> Path:
         line, = ax.plot(minutes, means, marker="o", label=f"{label} ({steps} steps)")
         for x, values in zip(minutes, seeds):
             ax.scatter([x] * len(values), values, color=line.get_color(), s=8, alpha=0.5)
-    first = runs[0]
+    first = reference_run or runs[0]
     references = [("random init (step 0)", "--", [h[0] for h in first["evals"][0]["top1"]])
                   if first["evals"][0]["step"] == 0 else None,
                   ("pixel baseline (patch embedding, no blocks)", ":", [h[0] for h in first["pixel"]])
@@ -59,6 +60,9 @@ def main(argv=None) -> None:
     parser.add_argument("--labels", nargs="+", help="one label per run (default: the file names)")
     parser.add_argument("--title", default="Learning search: probe top-1 vs training time")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
+    parser.add_argument("--references", type=Path, default=None,
+                        help="a search JSON on the same data and probe whose step-0 probe and --pixel give the "
+                             "reference lines (default: the first run)")
     args = parser.parse_args(argv)
     labels = args.labels or [p.stem for p in args.runs]
     if len(labels) != len(args.runs):
@@ -67,7 +71,8 @@ def main(argv=None) -> None:
     for path, run in zip(args.runs, runs):
         if not run.get("evals"):
             raise SystemExit(f"{path}: no probe recorded yet; wait for the run's first probe")
-    print(plot(runs, labels, args.out, args.title))
+    reference_run = json.loads(args.references.read_text()) if args.references else None
+    print(plot(runs, labels, args.out, args.title, reference_run))
 
 
 if __name__ == "__main__":
