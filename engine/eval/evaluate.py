@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             sources.update({f"{label} (seed {seed})": source for label, source in references.items()})
         config = EvalConfig(benchmarks=names, probe_epochs=args.probe_epochs)
         rows = {label: evaluate_probe_seeds(source, config, args.probe_seeds, args.shards, out / "features",
-                                            out / "evals")
+                                            out / "evals", with_knn=True)
                 for label, source in sources.items()}
     except EvalInputError as error:  # the user's input: one line, no traceback
         print(f"error: {error}", file=sys.stderr)
