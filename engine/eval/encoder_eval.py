@@ -102,16 +102,22 @@ def probe_train_subset(cached: CachedFeatures, per_class: int | None) -> CachedF
     order: a class-balanced subset that depends on the keys alone, so every encoder and probe seed gets it."""
     if per_class is None:
         return cached
+    index = torch.tensor(balanced_subset(cached.keys, cached.labels.tolist(), per_class), dtype=torch.long)
+    return CachedFeatures(features=cached.features[index], labels=cached.labels[index],
+                          keys=[cached.keys[i] for i in index.tolist()], meta=cached.meta)
+
+
+def balanced_subset(keys: list[str], labels: list[int], per_class: int) -> list[int]:
+    """Indices (ascending) of the first `per_class` samples of each class in the order of sha256(key): the
+    subset rule of probe_train_subset and of low-label fine-tuning (engine/eval/finetune.py)."""
     taken: Counter = Counter()
     chosen = []
-    for i in sorted(range(len(cached.keys)), key=lambda i: hashlib.sha256(cached.keys[i].encode()).hexdigest()):
-        label = int(cached.labels[i])
+    for i in sorted(range(len(keys)), key=lambda i: hashlib.sha256(keys[i].encode()).hexdigest()):
+        label = int(labels[i])
         if taken[label] < per_class:
             taken[label] += 1
             chosen.append(i)
-    index = torch.tensor(sorted(chosen), dtype=torch.long)
-    return CachedFeatures(features=cached.features[index], labels=cached.labels[index],
-                          keys=[cached.keys[i] for i in index.tolist()], meta=cached.meta)
+    return sorted(chosen)
 
 
 def evaluate_encoder(

@@ -69,3 +69,22 @@ def format_table(rows: dict[str, dict[tuple[str, str], MeanInterval]]) -> str:
             lines.append(f"{benchmark:14s} {probe:22s} {label:{width}s} {summary.mean:7.2f}  "
                          f"{format_interval(summary):17s} {values}")
     return "\n".join(lines)
+
+
+TABLE_COLUMNS = ("encoder", "benchmark", "probe", "values", "top1_mean", "top1_low", "top1_high", "top1_per_seed")
+
+
+def write_table_csv(rows: dict[str, dict[tuple[str, str], MeanInterval]], path: Path) -> None:
+    """The printed table as CSV: one line per (encoder, benchmark, probe), the attentive probe, the kNN probe
+    (one value: it has no seed) and low-label fine-tuning alike; an empty interval where there is none."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(TABLE_COLUMNS)
+        for label, results in rows.items():
+            for (benchmark, probe), summary in results.items():
+                interval = ["", ""] if math.isnan(summary.low) else [f"{summary.low:.4f}", f"{summary.high:.4f}"]
+                writer.writerow([label, benchmark, probe, len(summary.values), f"{summary.mean:.4f}", *interval,
+                                 " ".join(f"{v:.4f}" for v in summary.values)])
