@@ -65,7 +65,7 @@ def test_knn_is_deterministic_and_ignores_the_training_order():
     order = torch.randperm(40, generator=generator)
     shuffled = CachedFeatures(train.features[order], train.labels[order], [train.keys[i] for i in order], {})
     assert knn_probe(shuffled, test, 5)["top1"] == first["top1"]
-    with pytest.raises(ValueError, match="k must be"):
+    with pytest.raises(ValueError, match="knn.k=0"):
         KnnConfig(k=0)
 
 

@@ -41,6 +41,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from engine.fields import above, at_least, check_fields, field_doc
+
 from .encoder_eval import balanced_subset, default_device
 from .encoders import EncoderSource
 from .eval_sets import Benchmark, benchmark_folder, num_classes, resolve_benchmarks
@@ -55,19 +57,16 @@ CLIP_CACHE_FORMAT = 1
 class LowLabelConfig:
     """Low-label fine-tuning settings; all of them are part of a stored result's key."""
 
-    per_class: int = 10  # labelled clips of each class
-    epochs: int = 5  # passes over the labelled clips (CPU cost: see README, evaluation)
-    batch_size: int = 16
-    encoder_lr: float = 1e-4
-    head_lr: float = 1e-3
-    weight_decay: float = 0.05
-    eval_batch_size: int = 64
+    per_class: int = field_doc(10, "Labelled clips of each class (chosen by key hash).", valid=at_least(1))
+    epochs: int = field_doc(5, "Passes over the labelled clips (CPU cost: README, evaluation).", valid=at_least(1))
+    batch_size: int = field_doc(16, "Clips per step.", valid=at_least(2))
+    encoder_lr: float = field_doc(1e-4, "AdamW lr of the encoder's parameters.", valid=above(0))
+    head_lr: float = field_doc(1e-3, "AdamW lr of the linear head.", valid=above(0))
+    weight_decay: float = field_doc(0.05, "AdamW weight decay of both.", valid=at_least(0))
+    eval_batch_size: int = field_doc(64, "Test clips per forward when scoring.", valid=at_least(1))
 
     def __post_init__(self) -> None:
-        if min(self.per_class, self.epochs, self.batch_size, self.eval_batch_size) < 1:
-            raise ValueError(f"LowLabelConfig: per_class, epochs and batch sizes must be >= 1, got {self}")
-        if self.encoder_lr <= 0 or self.head_lr <= 0 or self.weight_decay < 0:
-            raise ValueError(f"LowLabelConfig: learning rates must be > 0 and weight decay >= 0, got {self}")
+        check_fields(self, "low_label.")
 
     @property
     def probe_name(self) -> str:
@@ -113,14 +112,15 @@ def load_clips(folder: Path, split: str, spec: ExtractionSpec, cache_dir: Path, 
         index = json.loads(index_path.read_text())
         tensors = load_file(str(cache_dir / "clips.safetensors"))
         return Clips(tensors["video"], tensors["labels"], index["keys"])
-    videos, labels, keys = [], [], []
+    videos, labels, keys, seen = [], [], [], set()
     batches, _ = batch_source(folder, split, spec, 16)
     for batch in batches:
         for i, key in enumerate(batch["key"]):
-            if (keep is None or key in keep) and key not in keys:
+            if (keep is None or key in keep) and key not in seen:  # a padded last batch repeats keys
                 videos.append(batch["video"][i].to(torch.float16).cpu())
                 labels.append(int(batch["label"][i]))
                 keys.append(key)
+                seen.add(key)
     if not keys:
         raise ValueError(f"{folder}: no clip of split {split!r} was decoded; check the shard folder")
     clips = Clips(torch.stack(videos), torch.tensor(labels, dtype=torch.long), keys)

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from engine.fields import above, at_least, check_fields, field_doc
+
 from .features import CachedFeatures
 
 KNN_WEIGHTING = "exp(cosine / temperature), DINO's weighted kNN"
@@ -30,12 +32,12 @@ KNN_WEIGHTING = "exp(cosine / temperature), DINO's weighted kNN"
 class KnnConfig:
     """kNN probe settings; part of the stored result's key."""
 
-    k: int = 20  # neighbours (the field's 20 for small datasets; DINO also reports 200 on ImageNet)
-    temperature: float = 0.07  # τ of the exp(sim / τ) vote weights (DINO)
+    k: int = field_doc(20, "Neighbours that vote (the field's 20 at small scale; DINO also reports 200 on "
+                           "ImageNet); capped at the training clips.", valid=at_least(1))
+    temperature: float = field_doc(0.07, "τ of the exp(cosine / τ) vote weights (DINO's).", valid=above(0))
 
     def __post_init__(self) -> None:
-        if self.k < 1 or self.temperature <= 0:
-            raise ValueError(f"KnnConfig: k must be >= 1 and temperature > 0, got {self}")
+        check_fields(self, "knn.")
 
 
 
