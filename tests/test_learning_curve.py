@@ -63,8 +63,10 @@ def test_evaluate_prints_the_encoder_beside_random_init_and_pixels(shards, tmp_p
     argv = [str(run / "encoder.safetensors"), "--benchmarks", "synth-ucf", "--shards", str(shards), "--out",
             str(tmp_path / "eval"), "--probe-epochs", "2", "--baselines", "--probe-seeds", "2"]
     assert evaluate_main(argv) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("synth-ucf")]
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("synth-ucf")]
+    lines = [line for line in table if line.split()[1] == "paper_attentive"]  # the headline probe's rows
     assert [line.split()[2] for line in lines] == ["myrun", "random", "pixel"]
+    assert [line.split()[2] for line in table if line.split()[1] == "knn_k20"] == ["myrun", "random", "pixel"]
     assert "random init (seed 7)" in lines[1] and "pixel baseline (seed 7)" in lines[2]
     # The export is a seed-7 random init: the encoder row and the random-init row are the same numbers.
     assert lines[0].split()[3:] == lines[1].split()[6:]

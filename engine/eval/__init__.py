@@ -6,6 +6,7 @@
     pixel_baseline.py  the random patch embedding without blocks (what raw pixels give a probe)
     probes.py       attentive (V-JEPA), the paper's CLS probe, linear
     probe_train.py  multi-head lr x wd sweep trained in one loop, top-1 / top-5
+    knn.py          the kNN probe (k = 20, DINO's weighted vote) on the same cached features, beside the probes
     eval_sets.py    the evaluation datasets (benchmarks) with their probe protocols; the split-overlap check
     encoder_eval.py one encoder on a list of benchmarks, one probe seed (resumable)
     evaluate.py     `python -m engine.eval.evaluate <export>`: the command over encoder_eval and probe_seeds

@@ -25,6 +25,7 @@ from .clips import encoder_forward, eval_batches
 from .encoders import EncoderSource
 from .errors import EvalInputError
 from .features import CachedFeatures, ExtractionSpec, cache_is_complete, extract_to_cache, load_cache
+from .knn import KnnConfig, knn_probe
 from .probe_train import ProbeTrainConfig, train_probe_sweep
 
 # (folder, split, spec, batch_size) -> (batches, number of batches); the real loader by default.
@@ -50,6 +51,11 @@ class EvalConfig:
     probe_seed: int = field_doc(0, "Seed of the probe heads and batch order.")
     skip_probes: tuple[str, ...] = field_doc(
         (), "'benchmark:probe' pairs not to train, e.g. ('synth-ssv2:attentive',).")
+    knn_k: int = field_doc(20, "Neighbours of the kNN probe reported beside the trained probes (engine/eval/knn.py).")
+    knn_temperature: float = field_doc(0.07, "τ of the kNN probe's exp(cosine / τ) vote weights (DINO's).")
+
+    def knn(self) -> KnnConfig:
+        return KnnConfig(k=self.knn_k, temperature=self.knn_temperature)
 
     def probe_config(self, benchmark: Benchmark) -> ProbeTrainConfig:
         return ProbeTrainConfig(epochs=self.probe_epochs or benchmark.epochs,
@@ -68,7 +74,8 @@ class EvalConfig:
         """What must match for a stored result of this benchmark to be reused."""
         probes = [asdict(p) for p in self.active_probes(benchmark)]
         key = {"probe": asdict(self.probe_config(benchmark)), "clips": self.num_clips, "views": self.num_views,
-               "probes": probes, "folder": benchmark.folder, "splits": [benchmark.train_split, benchmark.test_split]}
+               "probes": probes, "folder": benchmark.folder, "splits": [benchmark.train_split, benchmark.test_split],
+               "knn": asdict(self.knn())}
         if benchmark.probe_train_per_class is not None:  # absent otherwise: older results stay reusable
             key["probe_train_per_class"] = benchmark.probe_train_per_class
         return json.loads(json.dumps(key))  # as stored: tuples become lists, so stored keys compare equal
@@ -95,16 +102,22 @@ def probe_train_subset(cached: CachedFeatures, per_class: int | None) -> CachedF
     order: a class-balanced subset that depends on the keys alone, so every encoder and probe seed gets it."""
     if per_class is None:
         return cached
+    index = torch.tensor(balanced_subset(cached.keys, cached.labels.tolist(), per_class), dtype=torch.long)
+    return CachedFeatures(features=cached.features[index], labels=cached.labels[index],
+                          keys=[cached.keys[i] for i in index.tolist()], meta=cached.meta)
+
+
+def balanced_subset(keys: list[str], labels: list[int], per_class: int) -> list[int]:
+    """Indices (ascending) of the first `per_class` samples of each class in the order of sha256(key): the
+    subset rule of probe_train_subset and of low-label fine-tuning (engine/eval/finetune.py)."""
     taken: Counter = Counter()
     chosen = []
-    for i in sorted(range(len(cached.keys)), key=lambda i: hashlib.sha256(cached.keys[i].encode()).hexdigest()):
-        label = int(cached.labels[i])
+    for i in sorted(range(len(keys)), key=lambda i: hashlib.sha256(keys[i].encode()).hexdigest()):
+        label = int(labels[i])
         if taken[label] < per_class:
             taken[label] += 1
             chosen.append(i)
-    index = torch.tensor(sorted(chosen), dtype=torch.long)
-    return CachedFeatures(features=cached.features[index], labels=cached.labels[index],
-                          keys=[cached.keys[i] for i in index.tolist()], meta=cached.meta)
+    return sorted(chosen)
 
 
 def evaluate_encoder(
@@ -177,7 +190,8 @@ def _evaluate_benchmark(encoder, fingerprint: str, inputs: CheckedBenchmark, con
                                    protocol.arch, config.probe_config(benchmark), classes,
                                    description=f"{encoder_name} {benchmark.name} {protocol.name}")
         probes[protocol.name] = result.as_dict()
-    return {"key": key, "split_check": split_check, "num_classes": classes, "probes": probes,
+    knn = knn_probe(train, test, classes, config.knn())  # the same features, no training: no seed
+    return {"key": key, "split_check": split_check, "num_classes": classes, "probes": probes, "knn": knn,
             "extraction": asdict(spec)}
 
 

@@ -4,6 +4,9 @@ several probe seeds and beside its two references (random init, pixel baseline),
     python -m engine.eval.evaluate runs/demo_ucf_baseline/encoder.safetensors --benchmarks synth
     python -m engine.eval.evaluate runs/demo_ucf_baseline/encoder.safetensors --benchmarks synth-ucf \
         --baselines --probe-seeds 3     # + random init and pixel baseline, mean and 95% interval over 3 probe seeds
+    ... --low-label 10                  # + each encoder fine-tuned on 10 labelled clips per class (slow: opt-in)
+
+Every table also has a kNN row per benchmark (k = 20, engine/eval/knn.py) from the same cached features.
 
 The work is engine/eval/encoder_eval.py (one encoder, one probe seed) and engine/eval/probe_seeds.py (seeds
 and references); this file only reads the command line.
@@ -18,7 +21,8 @@ from .eval_sets import resolve_benchmarks
 from .encoder_eval import EvalConfig, limit_cpu_threads
 from .encoders import EncoderSource, export_model_config
 from .errors import EvalInputError
-from .probe_seeds import evaluate_probe_seeds, format_table, reference_sources
+from .finetune import LowLabelConfig, evaluate_low_label
+from .probe_seeds import evaluate_probe_seeds, format_table, reference_sources, write_table_csv
 
 
 def positive_int(text: str) -> int:
@@ -45,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-seed", type=int, default=None,
                         help="init seed of the baselines (default: run.seed of the recipe.yaml beside the export, "
                              "else 0)")
+    parser.add_argument("--low-label", type=positive_int, default=None, metavar="N",
+                        help="also fine-tune each encoder (a copy) with a linear head on N labelled clips per class "
+                             "and score it on the test split, for every probe seed (engine/eval/finetune.py; off "
+                             "by default: it decodes clips and trains the encoder)")
+    parser.add_argument("--low-label-epochs", type=positive_int, default=LowLabelConfig.epochs,
+                        help="epochs of the low-label fine-tuning (default %(default)s)")
     args = parser.parse_args(argv)
     limit_cpu_threads()
     run_name = Path(args.export).parent.name
@@ -59,12 +69,18 @@ def main(argv: list[str] | None = None) -> int:
             sources.update({f"{label} (seed {seed})": source for label, source in references.items()})
         config = EvalConfig(benchmarks=names, probe_epochs=args.probe_epochs)
         rows = {label: evaluate_probe_seeds(source, config, args.probe_seeds, args.shards, out / "features",
-                                            out / "evals")
+                                            out / "evals", with_knn=True)
                 for label, source in sources.items()}
+        if args.low_label:  # beside the probes: the whole encoder fine-tuned on a few labels
+            low_label = LowLabelConfig(per_class=args.low_label, epochs=args.low_label_epochs)
+            for label, source in sources.items():
+                rows[label].update(evaluate_low_label(source, names, low_label, args.probe_seeds, args.shards,
+                                                      out / "features", out / "evals"))
     except EvalInputError as error:  # the user's input: one line, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(format_table(rows))
+    write_table_csv(rows, out / "table.csv")
     return 0
 
 

@@ -22,7 +22,8 @@ class PixelBaseline(nn.Module):
         self.cfg = encoder.cfg
         self.encoder = encoder
 
-    @torch.no_grad()
+    # No torch.no_grad here: extraction already runs under it, and low-label fine-tuning (engine/eval/finetune.py)
+    # trains this patch embedding and norm through it.
     def forward_eval(self, video: torch.Tensor, modality: torch.Tensor | None = None) -> torch.Tensor:
         tokens, _ = self.encoder.embed_tokens(video, None, modality)  # [B, N, D]; RoPE angles unused: no attention
         return self.encoder.level_norms[-1](tokens)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .encoders import EncoderSource, pixel_encoder, random_encoder
 from .encoder_eval import BatchSource, EvalConfig, evaluate_encoder
+from .knn import knn_probe_name
 from .stats import MeanInterval, mean_interval
 
 RANDOM_INIT, PIXEL_BASELINE = "random init", "pixel baseline"
@@ -27,9 +28,9 @@ def reference_sources(prefix: str, model_config: dict, seed: int) -> dict[str, E
 
 def evaluate_probe_seeds(source: EncoderSource, config: EvalConfig, probe_seeds: int, shards_root: str | Path,
                          cache_root: str | Path, results_dir: str | Path, batch_source: BatchSource | None = None,
-                         device=None) -> dict[tuple[str, str], MeanInterval]:
+                         device=None, with_knn: bool = False) -> dict[tuple[str, str], MeanInterval]:
     """{(benchmark, probe): protocol-head top-1 over probe seeds 0..probe_seeds-1}; `batch_source` None is
-    the real loader."""
+    the real loader. `with_knn` adds the kNN probe as (benchmark, "knn_k20"): one value, it has no seed."""
     if probe_seeds < 1:
         raise ValueError(f"probe_seeds={probe_seeds}: probe each encoder with at least one seed")
     loader = {} if batch_source is None else {"batch_source": batch_source}
@@ -38,8 +39,11 @@ def evaluate_probe_seeds(source: EncoderSource, config: EvalConfig, probe_seeds:
         stored = evaluate_encoder(source, dataclasses.replace(config, probe_seed=seed), shards_root, cache_root,
                                   results_dir, device=device, **loader)
         for benchmark in config.benchmarks:
-            for probe, result in stored["benchmarks"][benchmark]["probes"].items():
+            entry = stored["benchmarks"][benchmark]
+            for probe, result in entry["probes"].items():
                 per_seed.setdefault((benchmark, probe), []).append(result["heads"][0]["top1"])
+            if with_knn and seed == 0 and "knn" in entry:  # trains nothing, so every probe seed has the same value: one row
+                per_seed[(benchmark, knn_probe_name(entry["knn"]))] = [entry["knn"]["top1"]]
     return {key: mean_interval(values) for key, values in per_seed.items()}
 
 
@@ -65,3 +69,22 @@ def format_table(rows: dict[str, dict[tuple[str, str], MeanInterval]]) -> str:
             lines.append(f"{benchmark:14s} {probe:22s} {label:{width}s} {summary.mean:7.2f}  "
                          f"{format_interval(summary):17s} {values}")
     return "\n".join(lines)
+
+
+TABLE_COLUMNS = ("encoder", "benchmark", "probe", "values", "top1_mean", "top1_low", "top1_high", "top1_per_seed")
+
+
+def write_table_csv(rows: dict[str, dict[tuple[str, str], MeanInterval]], path: Path) -> None:
+    """The printed table as CSV: one line per (encoder, benchmark, probe), the attentive probe, the kNN probe
+    (one value: it has no seed) and low-label fine-tuning alike; an empty interval where there is none."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(TABLE_COLUMNS)
+        for label, results in rows.items():
+            for (benchmark, probe), summary in results.items():
+                interval = ["", ""] if math.isnan(summary.low) else [f"{summary.low:.4f}", f"{summary.high:.4f}"]
+                writer.writerow([label, benchmark, probe, len(summary.values), f"{summary.mean:.4f}", *interval,
+                                 " ".join(f"{v:.4f}" for v in summary.values)])

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .eval_sets import BENCHMARKS
+from .knn import knn_probe_name
 from .stats import PairedDelta, mean_and_std, paired_delta
 
 COLUMNS = ("encoder", "kind", "variant", "regime", "seed", "benchmark", "mirrors", "axis", "probe", "headline",
@@ -52,7 +53,21 @@ def rows_from_evaluation(info: EncoderInfo, stored: dict) -> list[dict]:
                 "num_test": result["num_test"], "num_classes": result["num_classes"],
                 "chance": 100.0 / result["num_classes"], "trained_encoder": trained_encoder,
             })
+        if "knn" in entry:  # the kNN probe beside the trained ones (engine/eval/knn.py): no heads, no epochs
+            rows.append(knn_row(info, bench_name, entry["knn"], trained_encoder))
     return rows
+
+
+def knn_row(info: EncoderInfo, bench_name: str, knn: dict, trained_encoder: str) -> dict:
+    """results.csv row of a stored kNN result: never the headline; no heads, so no best head or lr."""
+    benchmark, nan = BENCHMARKS[bench_name], float("nan")
+    return {"encoder": info.name, "kind": info.kind, "variant": info.variant, "regime": info.regime,
+            "seed": info.seed, "benchmark": bench_name, "mirrors": benchmark.mirrors or bench_name,
+            "axis": benchmark.axis, "probe": knn_probe_name(knn), "headline": False, "top1": knn["top1"],
+            "top5": knn["top5"], "best_top1": knn["top1"], "best_top5": knn["top5"], "best_lr": nan, "best_wd": nan,
+            "heads": 0, "epochs": 0, "num_train": knn["num_train"], "num_test": knn["num_test"],
+            "num_classes": knn["num_classes"], "chance": 100.0 / knn["num_classes"],
+            "trained_encoder": trained_encoder}
 
 
 HEAD_COLUMNS = ("encoder", "benchmark", "probe", "head", "lr", "weight_decay", "top1", "top5", "final_train_loss",
