@@ -3,7 +3,8 @@
 Videos: decoded with PyAV and re-encoded as VP9 (default; DALI decodes it on CPU and on NVDEC) or
 H.264 (GPU-only fleets), yuv420p, constant frame rate (frames re-timed at the source's average rate),
 a keyframe at least every `gop` (<= 16) frames, no audio, short side capped and both sides even.
-The encoder runs single-threaded with bit-exact muxing, so the same input gives the same bytes.
+The encoder runs single-threaded with bit-exact muxing, so the same input gives the same bytes; x264
+also runs CPU-independent (X264_REPRODUCIBLE), without which its SIMD paths change the bytes per CPU.
 Images: kept byte-for-byte when they are RGB or greyscale JPEG within the size cap, else re-encoded
 as JPEG.
 
@@ -24,6 +25,12 @@ from PIL import Image
 MAX_GOP = 16
 ENCODERS = {"vp9": "libvpx-vp9", "h264": "libx264"}
 DEFAULT_CRF = {"vp9": 30, "h264": 23}
+# libx264 otherwise picks CPU-dependent algorithms (SIMD intra-mode search, float mbtree propagation): the
+# same frames gave other bytes on an AVX2 CPU than with x264's C code, and on an AVX-512 CPU even differed
+# between repeats in one process. cpu-independent=1 makes x264 use its canonical algorithms, whose output
+# equals the C code's (tests/test_x264_reproducible.py). x264 does not list it in the options it writes
+# into the stream (common/base.c x264_param2string), so the test compares bytes with no-asm=1 instead.
+X264_REPRODUCIBLE = {"x264-params": "cpu-independent=1"}
 FALLBACK_FPS = Fraction(25)
 # A container may over-declare its length by a frame or two (edit lists, a dropped last frame);
 # a truncated file misses far more than this.
@@ -50,7 +57,7 @@ class TranscodeSettings:
             # row-mt so the output does not depend on thread timing.
             return {"deadline": "realtime", "cpu-used": "8", "crf": crf, "b": "0", "g": str(self.gop),
                     "lag-in-frames": "0", "row-mt": "0", "tile-columns": "0"}
-        return {"preset": "veryfast", "crf": crf, "g": str(self.gop), "bf": "0"}
+        return {"preset": "veryfast", "crf": crf, "g": str(self.gop), "bf": "0", **X264_REPRODUCIBLE}
 
 
 @dataclass(frozen=True)
