@@ -21,6 +21,7 @@ import av
 import numpy as np
 from PIL import Image
 
+from shards.safefiles import create_new
 from shards.transcode import X264_REPRODUCIBLE
 
 PARTIAL_SUFFIX = ".synth-partial"
@@ -99,7 +100,7 @@ def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
 def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = partial_path(path)
-    with open(temporary, "wb") as handle:
+    with create_new(temporary) as handle:  # never writes through a link planted in the raw tree
         handle.write(data)
     os.replace(temporary, path)
 
