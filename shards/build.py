@@ -16,11 +16,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from shards import remote_out
-from shards.catalog import check_out_compatible, keys_of_other_splits, read_index
+from shards.catalog import check_out_compatible, keys_of_other_splits, read_index, split_missing_parts
 from shards.errors import LayoutError
 from shards.items import SourceListing, safe_key
 from shards.executors import executor_pool
 from shards.pipeline import ShardLimits, SplitSummary, build_split, split_fingerprint
+from shards.safefiles import refuse_links
 from shards.sources import ADAPTERS, AdapterOptions
 from shards.transcode import MAX_GOP, TranscodeSettings
 
@@ -160,6 +161,7 @@ def output_arguments(args: argparse.Namespace, source: str, root: Path, dataset:
 def plan_dataset(source: str, root: Path, out: Path, dataset: str, splits: list[str] | None,
                  args: argparse.Namespace) -> tuple[SourceListing, list[str], dict]:
     """All checks, no work: the listing, the splits that need building, and the output arguments."""
+    refuse_links(out)  # nothing is ever written through a link planted in OUT
     options = AdapterOptions(ucf_split=args.ucf_split, class_list=args.class_list, exclude=out)
     listing = ADAPTERS[source].scan(root, splits, options)
     listing = replace(listing, dataset=dataset)
@@ -178,9 +180,12 @@ def plan_dataset(source: str, root: Path, out: Path, dataset: str, splits: list[
         journal = out / f".building-{split}"
         if built is not None and not journal.exists():
             if built.get("build") == split_fingerprint(build_args, split, items, listing.rejects.get(split, [])):
-                print(f"{dataset}/{split}: already built in {out} with these arguments; nothing to do")
-                continue
-            if not args.overwrite:
+                missing = split_missing_parts(out, split, built, tars_here=getattr(args, "staged_url", None) is None)
+                if missing is None:
+                    print(f"{dataset}/{split}: already built in {out} with these arguments; nothing to do")
+                    continue
+                print(f"{dataset}/{split}: in {out / 'manifest.json'} but not whole ({missing}); building it again")
+            elif not args.overwrite:
                 raise LayoutError(f"{out / 'manifest.json'}: split {split!r} was built from other arguments or "
                                   "other source files; pass --overwrite to rebuild it or use a new --out")
         to_build.append(split)

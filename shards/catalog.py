@@ -1,6 +1,7 @@
 """index.parquet and manifest.json of one OUT folder (docs/contracts.md section 1), merged one split at a time.
 
-Both files are replaced atomically (written beside, then renamed). Merging a split drops that split's
+Both files are replaced atomically (written beside as new files, never through a link, then renamed:
+shards.safefiles). Merging a split drops that split's
 old rows and entry and keeps every other split. Neither file holds timestamps or worker counts, so the
 same inputs and arguments give byte-identical files.
 
@@ -10,7 +11,6 @@ manifest, and every one merged into them, must stay inside OUT (shards.names), e
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from shards.errors import LayoutError
 from shards.names import UnsafeName, check_name, check_names
+from shards.safefiles import write_new_then_replace
 
 FORMAT_VERSION = 1
 INDEX_NAME, MANIFEST_NAME = "index.parquet", "manifest.json"
@@ -41,12 +42,6 @@ INDEX_SCHEMA = pa.schema([
     ("height", pa.int32()),
     ("duration", pa.float64()),
 ])
-
-
-def _replace_atomically(path: Path, write) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    write(temporary)
-    os.replace(temporary, path)
 
 
 def _check_rows(keys: list, shards: list, where: Path) -> None:
@@ -96,7 +91,7 @@ def merge_index(out: Path, split: str, rows: list[dict]) -> pa.Table:
     merged = sorted(kept + rows, key=lambda row: (row["split"], row["shard"], row["media_offset"]))
     table = pa.Table.from_pylist([{name: row[name] for name in INDEX_SCHEMA.names} for row in merged],
                                  schema=INDEX_SCHEMA)
-    _replace_atomically(out / INDEX_NAME, lambda path: pq.write_table(table, path))
+    write_new_then_replace(out / INDEX_NAME, lambda handle: pq.write_table(table, handle))
     return table
 
 
@@ -113,7 +108,7 @@ def merge_manifest(out: Path, dataset: str, classes: list[str], split: str, spli
         "format_version": FORMAT_VERSION,
     }
     text = json.dumps(merged, indent=2, ensure_ascii=False) + "\n"
-    _replace_atomically(out / MANIFEST_NAME, lambda path: path.write_text(text, encoding="utf-8"))
+    write_new_then_replace(out / MANIFEST_NAME, lambda handle: handle.write(text.encode("utf-8")))
     return merged
 
 
@@ -130,6 +125,25 @@ def check_out_compatible(out: Path, dataset: str, classes: list[str]) -> dict | 
                           f"{len(manifest.get('classes', []))} classes, not {dataset!r} with {len(classes)}; "
                           "build into a new --out")
     return manifest
+
+
+def split_missing_parts(out: Path, split: str, entry: dict, tars_here: bool = True) -> str | None:
+    """Why the manifest's `entry` for `split` is not whole in OUT (a tar gone or resized, index rows gone), as one
+    clause naming the file; None when every listed tar and every counted index row is there. `tars_here`
+    False: a staging folder of an --out URL, which holds the URL's index and manifest but not its tars."""
+    for shard in entry.get("shards", []) if tars_here else []:
+        if not isinstance(shard, dict):
+            return f"{out / MANIFEST_NAME} lists shard {shard!r} without its size"
+        path = out / shard["name"]
+        if not path.is_file():
+            return f"{path} is missing"
+        if path.stat().st_size != shard.get("size"):
+            return f"{path} is not the size the manifest records"
+    index = read_index(out)
+    rows = 0 if index is None else index.column("split").to_pylist().count(split)
+    if rows != entry.get("count"):
+        return f"{out / INDEX_NAME} holds {rows} rows of it, the manifest counts {entry.get('count')}"
+    return None
 
 
 def keys_of_other_splits(out: Path, split: str) -> set[str]:

@@ -24,15 +24,15 @@ class UnsafeName(ValueError):
 
 
 def unsafe_reason(name: object) -> str | None:
-    """Why `name` cannot name something inside a shard folder, or None when it can."""
+    """Why `name` cannot name something inside a shard folder (read after "is"), or None when it can."""
     if not isinstance(name, str) or not name:
         return "empty or not text"
     if "\0" in name:
-        return "holds a NUL byte"
+        return "text with a NUL byte"
     if name.startswith(("/", "\\")) or _DRIVE.match(name):
         return "absolute"
     if ".." in _SEPARATORS.split(name):
-        return "contains '..'"
+        return "a path through '..'"
     return None
 
 

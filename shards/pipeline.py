@@ -25,6 +25,7 @@ from tqdm import tqdm
 from shards.buildstate import BuildState
 from shards.catalog import merge_index, merge_manifest
 from shards.items import SourceItem, SourceListing
+from shards.safefiles import refuse_links
 from shards.tarwriter import ShardSetWriter
 from shards.transcode import Encoded, TranscodeSettings, transcode_job
 
@@ -129,6 +130,7 @@ def build_split(out: Path, listing: SourceListing, split: str, settings: Transco
     listing_rejects = listing.rejects.get(split, [])
     fingerprint = split_fingerprint(build_args, split, items, listing_rejects)
     out.mkdir(parents=True, exist_ok=True)
+    refuse_links(out)  # the CLI checked at planning; this covers callers of build_split itself
     state, status = BuildState.open(out, split, fingerprint)
     if status == "restarted":
         print(f"{listing.dataset}/{split}: an interrupted build with other arguments or sources was dropped; "

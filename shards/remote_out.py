@@ -76,6 +76,6 @@ def stage(args: argparse.Namespace) -> StagedOut | None:
     staging.mkdir(parents=True, exist_ok=True)
     staged = StagedOut(url, staging, list(SYNTH_PARTS) if args.source == "synth" else [""])
     staged.fetch_catalogs()
-    args.out = staging
+    args.out, args.staged_url = staging, url  # the URL's tars are not in staging (shards.catalog.split_missing_parts)
     print(f"building into {staging}, then uploading to {url}")
     return staged

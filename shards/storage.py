@@ -23,6 +23,9 @@ import re
 import time
 from pathlib import Path
 
+from shards.errors import LayoutError
+from shards.safefiles import create_new
+
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 # Backends and the package that provides each (for the one-line error when it is missing).
@@ -180,13 +183,26 @@ def get_file(location: str | Path, local: Path, retry: Retry = DEFAULT_RETRY) ->
     local.parent.mkdir(parents=True, exist_ok=True)
     temporary = local.with_name(local.name + f".part{os.getpid()}")
     path = local_path(location)
-    if path is not None:
-        temporary.write_bytes(path.read_bytes())
-    else:
+    data = path.read_bytes() if path is not None else b""
+    with _new_file(temporary) as handle:  # claims the name: a link planted there is refused, not followed
+        handle.write(data)
+    if path is None:
         fs, inner = filesystem(str(location))
-        retry(f"{location}: download", fs.get_file, inner, str(temporary))
+        try:
+            retry(f"{location}: download", fs.get_file, inner, str(temporary))
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
     os.replace(temporary, local)
     return local
+
+
+def _new_file(path: Path):
+    """shards.safefiles.create_new, failing as this module does (StorageError) when a link stands there."""
+    try:
+        return create_new(path)
+    except LayoutError as error:
+        raise StorageError(str(error)) from None
 
 
 def put_file(local: Path, location: str | Path, retry: Retry = DEFAULT_RETRY) -> None:
@@ -195,7 +211,8 @@ def put_file(local: Path, location: str | Path, retry: Retry = DEFAULT_RETRY) ->
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(path.name + ".tmp")
-        temporary.write_bytes(Path(local).read_bytes())
+        with _new_file(temporary) as handle:
+            handle.write(Path(local).read_bytes())
         os.replace(temporary, path)
         return
     fs, inner = filesystem(str(location))

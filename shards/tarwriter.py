@@ -1,7 +1,8 @@
 """Rolling WebDataset tars for one split, with the byte offset of every member's data.
 
-Shards are `<split>-%06d.tar`, written as `<name>.tar.tmp`, fsynced and renamed only when complete,
-so a file with the final name is always a whole shard. Members are `<key>.<ext>` then `<key>.json`
+Shards are `<split>-%06d.tar`, written as `<name>.tar.tmp` (created new, never through a link:
+shards.safefiles), fsynced and renamed only when complete, so a file with the final name is always a
+whole shard. Members are `<key>.<ext>` then `<key>.json`
 with fixed owner, mode and mtime: the same samples give the same bytes. A shard is closed before a
 sample that would push it past the target size (or the sample cap); a single sample larger than the
 target gets a shard of its own.
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shards.items import SAFE_KEY
+from shards.safefiles import create_new
 
 BLOCK = tarfile.BLOCKSIZE
 
@@ -45,7 +47,7 @@ class _HashingFile:
     """The file object tarfile writes through: hashes and counts every byte on the way to disk."""
 
     def __init__(self, path: Path):
-        self.file = open(path, "wb")
+        self.file = create_new(path)
         self.digest = hashlib.sha256()
         self.position = 0
 

@@ -3,7 +3,8 @@
 Videos: decoded with PyAV and re-encoded as VP9 (default; DALI decodes it on CPU and on NVDEC) or
 H.264 (GPU-only fleets), yuv420p, constant frame rate (frames re-timed at the source's average rate),
 a keyframe at least every `gop` (<= 16) frames, no audio, short side capped and both sides even.
-The encoder runs single-threaded with bit-exact muxing, so the same input gives the same bytes.
+The encoder runs single-threaded with bit-exact muxing, so the same input gives the same bytes; x264
+also runs CPU-independent (X264_REPRODUCIBLE), without which its SIMD paths change the bytes per CPU.
 Images: kept byte-for-byte when they are RGB or greyscale JPEG within the size cap, else re-encoded
 as JPEG.
 
@@ -19,11 +20,22 @@ from pathlib import Path
 
 import av
 from av.video.frame import PictureType
+from av.video.reformatter import Interpolation
 from PIL import Image
 
 MAX_GOP = 16
+# swscale's SIMD paths round differently from its C code: a downscaled clip's bytes depended on the CPU
+# (36 of 68 synth sources scaled to a 16-pixel short side changed with FFmpeg's SIMD turned off).
+# BITEXACT with ACCURATE_RND makes every path compute what the C code does.
+SWS_EXACT = Interpolation.BITEXACT | Interpolation.ACCURATE_RND
 ENCODERS = {"vp9": "libvpx-vp9", "h264": "libx264"}
 DEFAULT_CRF = {"vp9": 30, "h264": 23}
+# libx264 otherwise picks CPU-dependent algorithms (SIMD intra-mode search, float mbtree propagation): the
+# same frames gave other bytes on an AVX2 CPU than with x264's C code, and on an AVX-512 CPU even differed
+# between repeats in one process. cpu-independent=1 makes x264 use its canonical algorithms, whose output
+# equals the C code's (tests/test_x264_reproducible.py). x264 does not list it in the options it writes
+# into the stream (common/base.c x264_param2string), so the test compares bytes with no-asm=1 instead.
+X264_REPRODUCIBLE = {"x264-params": "cpu-independent=1"}
 FALLBACK_FPS = Fraction(25)
 # A container may over-declare its length by a frame or two (edit lists, a dropped last frame);
 # a truncated file misses far more than this.
@@ -50,7 +62,7 @@ class TranscodeSettings:
             # row-mt so the output does not depend on thread timing.
             return {"deadline": "realtime", "cpu-used": "8", "crf": crf, "b": "0", "g": str(self.gop),
                     "lag-in-frames": "0", "row-mt": "0", "tile-columns": "0"}
-        return {"preset": "veryfast", "crf": crf, "g": str(self.gop), "bf": "0"}
+        return {"preset": "veryfast", "crf": crf, "g": str(self.gop), "bf": "0", **X264_REPRODUCIBLE}
 
 
 @dataclass(frozen=True)
@@ -124,7 +136,7 @@ class _ClipEncoder:
         self.ext, self.codec = settings.container, settings.codec
 
     def add(self, frame) -> None:
-        interpolation = "AREA" if self.downscale else "BILINEAR"
+        interpolation = (Interpolation.AREA if self.downscale else Interpolation.BILINEAR) | SWS_EXACT
         out = frame.reformat(width=self.width, height=self.height, format="yuv420p", interpolation=interpolation)
         out.pts, out.time_base = self.count, 1 / self.rate
         out.pict_type = PictureType.NONE  # source keyframe flags must not steer the new GOP

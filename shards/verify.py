@@ -69,6 +69,9 @@ def verify(out: Path, splits: list[str] | None = None, listing: list[str] | None
                           f"`python -m shards.build`")
     rows = index.to_pylist()
     problems = []
+    if not splits:  # rows of a split the manifest does not list are no split a build finished
+        for split in sorted({row["split"] for row in rows} - set(manifest["splits"])):
+            problems.append(f"{out / INDEX_NAME}: holds rows of split {split!r}, which the manifest does not list")
     for split in splits or sorted(manifest["splits"]):
         entry = manifest["splits"].get(split)
         if entry is None:

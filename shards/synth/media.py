@@ -1,12 +1,13 @@
 """Encoding rendered frames into the real datasets' file formats, reproducibly and atomically.
 
 Reproducible: the RGB -> YUV 4:2:0 conversion is done here in exact integer arithmetic, and the
-encoders run one thread with FFmpeg's bit-exact flags on codec and muxer, so the same frames give the
-same bytes on any CPU and in any process (no encoder version string, no creation time). Letting FFmpeg's
-swscale convert instead made the bytes depend on which SIMD path it picked: the same RGB frame converts
-to different YUV bytes with and without SIMD, and a one-level change in the input moves the lossy
-encoder's decisions by much more. Atomic: each file is written under a
-temporary name in its final folder and renamed into place, so a file that exists is complete.
+encoders run one thread with FFmpeg's bit-exact flags on codec and muxer, x264 CPU-independent
+(X264_REPRODUCIBLE in shards/transcode.py), so the same frames give the same bytes on any CPU and in any
+process (no encoder version string, no creation time). Letting FFmpeg's swscale convert instead made the
+bytes depend on which SIMD path it picked: the same RGB frame converts to different YUV bytes with and
+without SIMD, and a one-level change in the input moves the lossy encoder's decisions by much more.
+Atomic: each file is written under a temporary name in its final folder and renamed into place, so a
+file that exists is complete.
 """
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from pathlib import Path
 import av
 import numpy as np
 from PIL import Image
+
+from shards.safefiles import create_new
+from shards.transcode import X264_REPRODUCIBLE
 
 PARTIAL_SUFFIX = ".synth-partial"
 
@@ -39,8 +43,10 @@ UCF_AVI = VideoFormat("avi", "mpeg4", 25, {"dct": "int", "idct": "simple"}, bits
 SSV2_WEBM = VideoFormat("webm", "libvpx-vp9", 12,
                         {"deadline": "realtime", "cpu-used": "8", "crf": "28", "b": "0", "row-mt": "0",
                          "threads": "1"})
-# Diving-48 V2 ships H.264 MP4 at 25 fps.
-DIVING_MP4 = VideoFormat("mp4", "libx264", 25, {"preset": "veryfast", "crf": "20", "threads": "1"})
+# Diving-48 V2 ships H.264 MP4 at 25 fps. CPU-independent x264: its SIMD paths made the bytes differ
+# between CPUs, and on AVX-512 between repeats of one encode in one process (issue 22).
+DIVING_MP4 = VideoFormat("mp4", "libx264", 25, {"preset": "veryfast", "crf": "20", "threads": "1",
+                                                **X264_REPRODUCIBLE})
 
 
 def partial_path(path: Path) -> Path:
@@ -94,7 +100,7 @@ def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
 def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = partial_path(path)
-    with open(temporary, "wb") as handle:
+    with create_new(temporary) as handle:  # never writes through a link planted in the raw tree
         handle.write(data)
     os.replace(temporary, path)
 

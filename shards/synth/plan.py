@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from shards.errors import LayoutError
+from shards.safefiles import refuse_links
 
 PART_SOURCES = {"synth-ucf": "ucf101", "synth-ssv2": "ssv2", "synth-in": "imagenet100", "synth-diving": "diving48"}
 
@@ -23,6 +24,8 @@ def plan_synth(args: argparse.Namespace, plan_dataset: Callable[..., tuple]) -> 
     splits, args)` plans a real dataset."""
     if args.split:
         raise LayoutError("synth builds every official split of each part; drop --split")
+    for part in PART_SOURCES:  # before minutes of generation; plan_dataset checks again
+        refuse_links(args.out / part)
     from shards.synth import generate_suite  # looked up at call time, so tests can stand a fake in
     try:
         roots = generate_suite(args.root, scale=args.scale, seed=args.seed, workers=args.workers)
