@@ -202,12 +202,17 @@ def read_config(config_path: Path, source: str | Path | None = None) -> dict:
     return config
 
 
+def weights_file(folder: str | Path) -> tuple[Path, dict]:
+    """(weights file, config) of a local export folder: the file config.json names, inside the folder."""
+    config = read_config(Path(folder) / CONFIG_NAME)
+    return Path(folder) / weights_name(config, Path(folder) / CONFIG_NAME), config
+
+
 def checked_weights(folder: str | Path) -> tuple[Path, dict]:
     """(weights file, config) of a local export folder, once the file's sha256 is config.json's: weights
     swapped into the folder (even of the same architecture) are refused in one line."""
     folder = Path(folder)
-    config = read_config(folder / CONFIG_NAME)
-    weights = folder / weights_name(config, folder / CONFIG_NAME)
+    weights, config = weights_file(folder)
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: missing; fix: copy the export folder again (config.json names it)")
     if storage.sha256_file(weights) != weights_sha256(config, folder / CONFIG_NAME):

@@ -12,7 +12,6 @@ import torch
 from data_fixtures import write_benchmark_folder
 from engine.eval.encoders import EncoderSource
 from engine.eval.evaluate import main as evaluate_main
-from engine.eval.evaluate import result_name
 from engine.export_card import write_export_folder
 from engine.models import VisionTransformer, model_preset
 
@@ -74,6 +73,8 @@ def test_exports_evaluated_into_one_out_keep_their_own_results(shards, tmp_path)
     _evaluate(same_name / "model.safetensors", shards, out)
     assert _stored(out) == stored
     # A run name from an export's metadata is a file name in evals/, never a path
+    from engine.eval.evaluate import result_name
+
     crafted = _export(tmp_path / "x" / "export", "../../outside", seed=4)
     name = result_name(EncoderSource(name="", kind="run", path=str(crafted)), out / "evals")
     assert "/" not in name and not name.startswith(".")

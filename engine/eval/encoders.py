@@ -39,11 +39,11 @@ class EncoderSource:
 
     def weights_path(self) -> Path:
         """The safetensors file of a run's export: `path` itself, or the weights an export folder's config.json
-        names (engine.export_card; its name and sha256 checked)."""
+        names (engine.export_card; a plain name inside the folder; `check` verifies its sha256)."""
         if Path(self.path).is_dir():
-            from engine.export_card import checked_weights
+            from engine.export_card import weights_file
 
-            return checked_weights(self.path)[0]
+            return weights_file(self.path)[0]
         return Path(self.path)
 
     def check(self) -> None:
@@ -60,8 +60,15 @@ class EncoderSource:
         path = Path(self.path)
         if not path.exists():
             raise EvalInputError(f"{self.path}: no exported encoder here; {fix}")
+        weights = path
         try:
-            weights = self.weights_path()
+            if path.is_dir():  # the weights config.json names, unchanged, and the model_config loading uses
+                from engine.export_card import CONFIG_NAME, checked_weights
+
+                weights, config = checked_weights(path)
+                read_metadata(weights)
+                check_tensors(weights, config.get("model_config"), path / CONFIG_NAME)
+                return
             if not weights.is_file():
                 raise EvalInputError(f"{weights}: no exported encoder here; {fix}")
             check_tensors(weights, read_metadata(weights)["model_config"])
