@@ -63,7 +63,7 @@ def test_exports_evaluated_into_one_out_keep_their_own_results(shards, tmp_path)
     for folder in (first, other_run, same_name):
         _evaluate(folder / "model.safetensors", shards, out)  # the file path, as the model card used to say
     stored = _stored(out)
-    fingerprint = EncoderSource(name="", kind="run", path=str(same_name)).fingerprint()
+    fingerprint = EncoderSource(name="", kind="run", path=str(same_name / "model.safetensors")).fingerprint()
     assert sorted(stored) == sorted(["a", "b", f"a-{fingerprint[:8]}"])
     assert len({entry["fingerprint"] for entry in stored.values()}) == 3
     assert stored["a"]["encoder"]["path"] == str((first / "model.safetensors").resolve())
