@@ -188,8 +188,8 @@ def read_config(config_path: Path, source: str | Path | None = None) -> dict:
     `source`: what the one-line errors name (the URL it was copied from; `config_path` by default)."""
     source = source or config_path
     if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path.parent}: no {CONFIG_NAME}; expected an export folder (model.safetensors, "
-                                f"config.json) or an encoder .safetensors file")
+        raise FileNotFoundError(f"{config_path.parent}: no {CONFIG_NAME}; expected an export folder "
+                                f"(model.safetensors, config.json) or an encoder .safetensors file")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as error:

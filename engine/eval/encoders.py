@@ -1,11 +1,12 @@
 """The encoders a study evaluates: a run's exported trained encoder, or a random-init or pixel reference.
 
 A run's export (`runs/<name>/encoder.safetensors`, or the folder `runs/<name>/export`; engine.export) holds
-the encoder that was actually trained (`trained_encoder` = EMA "target_encoder", or the online "encoder" of
-a run without EMA: docs/paper.md §6.3), so evaluation never reads a raw checkpoint key. The random-init reference is the
-same architecture built from the same ModelConfig with a seed and never trained: the row that tells
-what the probes get from the architecture and the data alone. The pixel baseline (engine.eval.pixel_baseline)
-is that random encoder's patch embedding without its blocks: what the probes get from the pixels alone.
+the encoder that was actually trained (`trained_encoder` = EMA "target_encoder", or the online "encoder" of a
+run without EMA: docs/paper.md §6.3), so evaluation never reads a raw checkpoint key. The random-init
+reference is the same architecture built from the same ModelConfig with a seed and never trained: the row that
+tells what the probes get from the architecture and the data alone. The pixel baseline
+(engine.eval.pixel_baseline) is that random encoder's patch embedding without its blocks: what the probes get
+from the pixels alone.
 """
 from __future__ import annotations
 
@@ -116,8 +117,8 @@ class EncoderSource:
             from engine.export import read_metadata
 
             meta = read_metadata(self.weights_path())
-            info.update(path=str(Path(self.path).resolve()), trained_encoder=meta.get("trained_encoder", ""), step=meta.get("step"),
-                        variant=meta.get("variant", ""), model_config=meta.get("model_config"))
+            info.update(path=str(Path(self.path).resolve()), trained_encoder=meta.get("trained_encoder", ""),
+                        step=meta.get("step"), variant=meta.get("variant", ""), model_config=meta.get("model_config"))
         else:
             info["model_config"] = json.loads(self.model_config)
         return info
