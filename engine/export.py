@@ -16,15 +16,17 @@ EMA was disabled; engine.jepa decides), so a probe never has to guess.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
-from engine.encoder_file import FORMAT, export_encoder, read_metadata  # noqa: F401  (this module's API)
-from engine.models import ModelConfig, VisionTransformer
+from engine.encoder_file import FORMAT, check_tensors, export_encoder, read_metadata  # noqa: F401  (this module's API)
+from engine.models import VisionTransformer
 
 
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> VisionTransformer:
@@ -40,13 +42,21 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Vision
             return load_folder(local, device)
         path = local
     meta = read_metadata(path)
-    cfg = ModelConfig(**meta["model_config"])
-    encoder = VisionTransformer(cfg)
+    encoder = VisionTransformer(check_tensors(path, meta["model_config"]))  # one line if they do not fit
     with safe_open(str(path), framework="pt", device="cpu") as fh:
         state = {k: fh.get_tensor(k) for k in fh.keys()}
     encoder.load_state_dict(state, strict=True)
     encoder.requires_grad_(False)
     return encoder.eval().to(device)
+
+
+@contextlib.contextmanager
+def _quiet_pickle_warnings():
+    """torch.load warns (two lines) about the pickle protocol of a raw pickle before the weights-only load
+    refuses it; the refusal is the one line a user needs."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        yield
 
 
 def _trainer_info(checkpoint: Path, fix: str) -> tuple[dict, dict | None]:
@@ -70,6 +80,19 @@ def _trainer_info(checkpoint: Path, fix: str) -> tuple[dict, dict | None]:
     return info, trainer
 
 
+def _trained_state(checkpoint: Path, info: dict, trainer: dict | None, fix: str) -> dict:
+    """The state dict of the trained encoder: the EMA target from trainer.pt, or for runs without EMA the
+    encoder.* entries of DeepSpeed's model-states file (both read weights-only)."""
+    from engine.training.checkpoint import DS_TAG, TRAINER_PT, load_weights_only
+
+    if info["trained_encoder"] == "target_encoder":
+        return (trainer or load_weights_only(checkpoint / TRAINER_PT, fix))["ema_target"]
+    module = load_weights_only(checkpoint / DS_TAG / "mp_rank_00_model_states.pt",
+                               "ask its author for an exported encoder.safetensors, or, if you trust whoever "
+                               "wrote it, run its zero_to_fp32.py and take the encoder.* weights")["module"]
+    return {k[len("encoder."):]: v for k, v in module.items() if k.startswith("encoder.")}
+
+
 def export_checkpoint(checkpoint: str | Path, out: str | Path, recipe: str | Path | None = None) -> Path:
     """Export the trained encoder of a training checkpoint (no DeepSpeed needed: read its files).
 
@@ -81,7 +104,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, recipe: str | Pat
     The model config comes from the checkpoint's own recipe.yaml, never from the run folder's, which a later
     resume of the run rewrites. `recipe` names one for checkpoints written before they carried their own."""
     from engine.recipe import read_resolved_recipe
-    from engine.training.checkpoint import DS_TAG, TRAINER_PT, load_weights_only
 
     checkpoint = Path(checkpoint)
     recipe_path = Path(recipe) if recipe is not None else checkpoint / "recipe.yaml"
@@ -91,16 +113,12 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, recipe: str | Pat
                                 f"{checkpoint.parent.parent / 'recipe.yaml'} if no resume changed it since")
     fix = ("do not use this checkpoint: the engine writes trainer.pt as plain tensors and data, so this one was "
            "altered or not written by it (ask its author for an exported encoder.safetensors)")
-    info, trainer = _trainer_info(checkpoint, fix)
+    with _quiet_pickle_warnings():
+        info, trainer = _trainer_info(checkpoint, fix)
     model_cfg = read_resolved_recipe(recipe_path).model
     encoder = VisionTransformer(model_cfg)
-    if info["trained_encoder"] == "target_encoder":
-        state = (trainer or load_weights_only(checkpoint / TRAINER_PT, fix))["ema_target"]
-    else:
-        module = load_weights_only(checkpoint / DS_TAG / "mp_rank_00_model_states.pt",
-                                   "ask its author for an exported encoder.safetensors, or, if you trust whoever "
-                                   "wrote it, run its zero_to_fp32.py and take the encoder.* weights")["module"]
-        state = {k[len("encoder."):]: v for k, v in module.items() if k.startswith("encoder.")}
+    with _quiet_pickle_warnings():
+        state = _trained_state(checkpoint, info, trainer, fix)
     encoder.load_state_dict(state, strict=True)
     if not str(out).endswith(".safetensors"):  # a folder: weights, config.json and a model card
         from engine.export_card import write_export_folder

@@ -8,7 +8,8 @@
 
 `engine.export.load_encoder(path_or_url)` reads such a folder from a path or any fsspec URL (https://,
 s3://, gs://, file://), as well as a single `.safetensors` export; a remote folder is copied into the local
-cache first and its weights checked against the sha256 of its config.json.
+cache first. config.json's `weights` must be a plain file name in the folder, and every load, local or
+remote, checks the weights against its `weights_sha256`.
 
     python -m engine.export_card runs/<run>/export --eval eval_out/evals/<run>.json   # add probe results
 """
@@ -142,7 +143,7 @@ def model_card(config: dict, recipe=None, evaluation: dict | None = None) -> str
     if evaluation:
         lines += ["Frozen-backbone probes (`engine.eval.evaluate`):", ""] + _evaluation_lines(evaluation)
     else:
-        lines += ["Not evaluated yet: `python -m engine.eval.evaluate <folder>/model.safetensors ...`, then "
+        lines += ["Not evaluated yet: `python -m engine.eval.evaluate <folder> ...`, then "
                   "`python -m engine.export_card <folder> --eval <results json>`."]
     return "\n".join(lines) + "\n"
 
@@ -162,8 +163,69 @@ def add_evaluation(folder: str | Path, evaluation_json: str | Path) -> Path:
 
 # ----------------------------------------------------------------------------------------------- loading
 
+def weights_name(config: dict, source: str | Path) -> str:
+    """config.json's `weights`: a plain file name, so the weights are read (and, from a URL, written) inside
+    the export folder and nowhere else; one line naming `source` (its config.json) otherwise."""
+    name = config.get("weights", WEIGHTS_NAME)
+    if not (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and "\0" not in name):
+        raise ValueError(f"{source}: weights {name!r} is not a plain file name inside the export folder; fix: "
+                         f"set \"weights\": \"{WEIGHTS_NAME}\" and keep the weights in that folder")
+    return name
+
+
+def weights_sha256(config: dict, source: str | Path) -> str:
+    """config.json's `weights_sha256` (64 hex digits), which every load checks the weights against."""
+    expected = config.get("weights_sha256")
+    if not (isinstance(expected, str) and len(expected) == 64 and all(c in "0123456789abcdef" for c in expected)):
+        raise ValueError(f"{source}: no valid weights_sha256 ({expected!r}), so the weights cannot be checked; fix: "
+                         f"export the folder again with `python -m engine.export <checkpoint> --out <folder>`")
+    return expected
+
+
+def read_config(config_path: Path, source: str | Path | None = None) -> dict:
+    """An export folder's config.json, checked: this format, a plain weights name and a weights sha256.
+    `source`: what the one-line errors name (the URL it was copied from; `config_path` by default)."""
+    source = source or config_path
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path.parent}: no {CONFIG_NAME}; expected an export folder "
+                                f"(model.safetensors, config.json) or an encoder .safetensors file")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{source}: not valid JSON ({error}); fix: export the folder again") from None
+    if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT:
+        found = config.get("format") if isinstance(config, dict) else None
+        raise ValueError(f"{source}: format {found!r}, expected {CONFIG_FORMAT!r}")
+    weights_name(config, source)
+    weights_sha256(config, source)
+    return config
+
+
+def weights_file(folder: str | Path) -> tuple[Path, dict]:
+    """(weights file, config) of a local export folder: the file config.json names, inside the folder."""
+    config = read_config(Path(folder) / CONFIG_NAME)
+    return Path(folder) / weights_name(config, Path(folder) / CONFIG_NAME), config
+
+
+def checked_weights(folder: str | Path) -> tuple[Path, dict]:
+    """(weights file, config) of a local export folder, once the file's sha256 is config.json's: weights
+    swapped into the folder (even of the same architecture) are refused in one line."""
+    folder = Path(folder)
+    weights, config = weights_file(folder)
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: missing; fix: copy the export folder again (config.json names it)")
+    if storage.sha256_file(weights) != weights_sha256(config, folder / CONFIG_NAME):
+        raise ValueError(f"{weights}: sha256 differs from weights_sha256 in {folder / CONFIG_NAME} (the weights were "
+                         f"replaced or damaged); fix: copy the export folder again, or export it anew")
+    return weights, config
+
+
 def fetch_export(url: str, cache_dir: str | Path | None = None) -> Path:
-    """A local copy of a remote export (a folder, or one .safetensors file); reused when already complete."""
+    """A local copy of a remote export (a folder, or one .safetensors file); reused when already complete.
+
+    The folder's config.json is checked before anything else is written: its weights name must be a plain
+    file name, so the download lands in the cache folder and nowhere else."""
     local = storage.cache_folder(url, "exports", cache_dir)
     if url.rstrip("/").endswith(".safetensors"):
         target = local / storage.basename(url)
@@ -171,12 +233,12 @@ def fetch_export(url: str, cache_dir: str | Path | None = None) -> Path:
             storage.get_file(url, target)
         return target
     config_path = storage.get_file(storage.join(url, CONFIG_NAME), local / CONFIG_NAME)
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    weights = local / config.get("weights", WEIGHTS_NAME)
-    expected = config.get("weights_sha256")
-    if not (weights.is_file() and expected and storage.sha256_file(weights) == expected):
-        storage.get_file(storage.join(url, config.get("weights", WEIGHTS_NAME)), weights)
-        if expected and storage.sha256_file(weights) != expected:
+    config = read_config(config_path, storage.join(url, CONFIG_NAME))
+    name, expected = weights_name(config, config_path), weights_sha256(config, config_path)
+    weights = local / name
+    if not (weights.is_file() and storage.sha256_file(weights) == expected):
+        storage.get_file(storage.join(url, name), weights)
+        if storage.sha256_file(weights) != expected:
             weights.unlink()
             raise ValueError(f"{url}: {weights.name} does not match the sha256 in its config.json; fix: re-export "
                              f"the folder or upload both files again")
@@ -184,18 +246,16 @@ def fetch_export(url: str, cache_dir: str | Path | None = None) -> Path:
 
 
 def load_folder(folder: Path, device: str | torch.device = "cpu") -> VisionTransformer:
-    """An export folder as a VisionTransformer: built from config.json, weights from model.safetensors."""
+    """An export folder as a VisionTransformer: built from config.json, weights from model.safetensors,
+    checked against config.json's sha256 and shapes first."""
     from safetensors.torch import load_file
 
-    config_path = folder / CONFIG_NAME
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{folder}: no {CONFIG_NAME}; expected an export folder (model.safetensors, "
-                                f"config.json) or an encoder .safetensors file")
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    if config.get("format") != CONFIG_FORMAT:
-        raise ValueError(f"{config_path}: format {config.get('format')!r}, expected {CONFIG_FORMAT!r}")
-    encoder = VisionTransformer(ModelConfig(**config["model_config"]))
-    encoder.load_state_dict(load_file(str(folder / config.get("weights", WEIGHTS_NAME)), device="cpu"), strict=True)
+    from engine.encoder_file import check_tensors
+
+    weights, config = checked_weights(folder)
+    cfg = check_tensors(weights, config.get("model_config"), folder / CONFIG_NAME)
+    encoder = VisionTransformer(cfg)
+    encoder.load_state_dict(load_file(str(weights), device="cpu"), strict=True)
     encoder.requires_grad_(False)
     return encoder.eval().to(device)
 

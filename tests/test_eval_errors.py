@@ -1,6 +1,11 @@
 """`python -m engine.eval.evaluate` on bad input: one-line errors with the right fix, every benchmark's shards
 and the export checked before any work."""
+import dataclasses
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,6 +17,7 @@ from data_fixtures import write_benchmark_folder
 from engine.export import export_encoder
 from engine.models import VisionTransformer, model_preset
 
+REPO = Path(__file__).resolve().parents[1]
 TINY = model_preset("tiny", img_size=16, patch_size=8, num_frames=4, tubelet_size=2, embed_dim=24, depth=1, num_heads=4)
 
 
@@ -114,3 +120,36 @@ def test_learning_curve_input_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err  # the progress bar may have started; the error is its own last line
     assert code == 2 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith("error: ") and "synth-ucf/index.parquet: missing" in err
+
+
+def evaluate_cli(*argv) -> tuple[int, str]:
+    """`python -m engine.eval.evaluate ARGV` in a fresh process, as a user runs it: (exit code, stderr)."""
+    done = subprocess.run([sys.executable, "-m", "engine.eval.evaluate", *map(str, argv)], cwd=REPO, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+                          capture_output=True, timeout=300)
+    return done.returncode, done.stderr
+
+
+@pytest.mark.parametrize("other", [{"embed_dim": 32, "num_heads": 4}, {"depth": 2}], ids=["shapes", "names"])
+def test_an_export_whose_metadata_does_not_match_its_tensors_is_one_line(shards_root, tmp_path, other):
+    """Before: the shards were checked, then loading the weights into the model_config's module raised a
+    27-line traceback. Now the tensor names and shapes are checked against the model_config first."""
+    path = tmp_path / "run" / "encoder.safetensors"
+    export_encoder(VisionTransformer(TINY), dataclasses.replace(TINY, **other), path, step=1)
+    code, err = evaluate_cli(path, "--shards", shards_root, "--benchmarks", "synth-diving", "--out", tmp_path / "eval")
+    line = one_line(err)
+    assert code == 2 and f"{path}: " in line and "model_config" in line and "python -m engine.export" in line
+    assert not (tmp_path / "eval" / "features").exists()
+
+
+def test_baselines_with_a_python_tag_in_the_recipe_beside_the_export_is_one_line(export, shards_root, tmp_path):
+    """Before: yaml.safe_load's ConstructorError reached the user as a 41-line traceback."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(export, run / "encoder.safetensors")
+    (run / "recipe.yaml").write_text("run:\n  name: r\n  seed: !!python/object/apply:os.getpid []\n")
+    code, err = evaluate_cli(run / "encoder.safetensors", "--shards", shards_root, "--benchmarks", "synth-diving",
+                             "--out", tmp_path / "eval", "--baselines")
+    line = one_line(err)
+    assert code == 2 and f"{run / 'recipe.yaml'}: line 3 not a plain YAML recipe" in line, line
+    assert "python/object/apply:os.getpid" in line and "--baseline-seed" in line

@@ -90,3 +90,71 @@ def test_probe_results_reach_the_card(folder, tmp_path):
     path.write_text(json.dumps(results))
     card = add_evaluation(out, path).read_text()
     assert "| synth-ucf | attentive | 41.5 | 80.0 | 45.0 |" in card
+
+
+# -- config.json and weights that are not the folder's own (issue 22 §2.1, §2.2) ---------------------------
+
+def _point_weights_at(out: Path, name: str, target: Path) -> None:
+    """Move the folder's (valid) weights to `target` and make config.json name them as `name`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes((out / WEIGHTS_NAME).read_bytes())
+    config = json.loads((out / CONFIG_NAME).read_text())
+    (out / CONFIG_NAME).write_text(json.dumps({**config, "weights": name}))
+
+
+@pytest.mark.parametrize("kind", ["relative", "absolute"])
+def test_local_folder_never_reads_weights_outside_itself(folder, tmp_path, kind):
+    """Before: `"weights": "../outside.safetensors"` (or an absolute path) loaded weights from outside the
+    folder; the sha256 matched, so only the name check can refuse it."""
+    _, out = folder
+    outside = tmp_path / "outside.safetensors"
+    _point_weights_at(out, "../outside.safetensors" if kind == "relative" else str(outside), outside)
+    with pytest.raises(ValueError, match=r"config.json: weights .* is not a plain file name inside the export folder"):
+        load_encoder(out)
+
+
+@pytest.mark.parametrize("kind", ["relative", "absolute"])
+def test_remote_folder_never_writes_outside_the_cache(folder, tmp_path, monkeypatch, kind):
+    """Before: fetch_export saved the download to cache / config["weights"], so a served config.json chose
+    where on this machine a file was written (and the encoder loaded). The server here serves the weights
+    at the URL the name leads to, as a crafted server would."""
+    from remote_servers import RangeHTTPServer
+
+    _, out = folder
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VJEPA_CACHE", str(cache))
+    if kind == "absolute":
+        planted = tmp_path / "planted" / "PWNED.safetensors"  # where the old code wrote: this absolute path
+        name, served = str(planted), out / str(planted).lstrip("/")  # http.server maps //tmp/... under its root
+    else:
+        planted = cache / "exports" / "outside.safetensors"  # <cache>/exports/<folder>-<hash>/../outside...
+        name, served = "../outside.safetensors", tmp_path / "outside.safetensors"  # the URL's .. is resolved
+    _point_weights_at(out, name, served)
+    with RangeHTTPServer(tmp_path) as server:
+        with pytest.raises(ValueError, match=r"config.json: weights .* is not a plain file name"):
+            load_encoder(f"{server.url}/export")
+        assert not any(path.endswith(".safetensors") for _, path, _ in server.log.requests)  # nothing fetched
+    assert not planted.exists()
+    assert not [p for p in cache.rglob("*") if p.suffix == ".safetensors" or ".safetensors.part" in p.name]
+
+
+def test_same_architecture_weights_swapped_in_are_refused(folder, tmp_path, monkeypatch):
+    """Before: other weights of the same shapes in model.safetensors loaded silently although config.json's
+    weights_sha256 no longer matched; every load checks it now (a path and a file:// URL)."""
+    _, out = folder
+    other, cfg = _encoder(seed=6)
+    export_encoder(other, cfg, out / WEIGHTS_NAME, trained_encoder="target_encoder", step=7, run="tiny_run")
+    monkeypatch.setenv("VJEPA_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match=r"model.safetensors: sha256 differs from weights_sha256 in .*config.json"):
+        load_encoder(out)
+    with pytest.raises(ValueError, match="sha256"):
+        load_encoder(f"file://{out}")
+
+
+def test_config_without_a_weights_sha256_is_refused(folder):
+    _, out = folder
+    config = json.loads((out / CONFIG_NAME).read_text())
+    del config["weights_sha256"]
+    (out / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="no valid weights_sha256"):
+        load_encoder(out)

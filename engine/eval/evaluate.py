@@ -1,6 +1,7 @@
 """`python -m engine.eval.evaluate`: probe one exported encoder on a list of benchmarks, optionally over
 several probe seeds and beside its two references (random init, pixel baseline), and print the table.
 
+    python -m engine.eval.evaluate runs/demo_ucf_baseline/export --benchmarks synth     # an export folder
     python -m engine.eval.evaluate runs/demo_ucf_baseline/encoder.safetensors --benchmarks synth
     python -m engine.eval.evaluate runs/demo_ucf_baseline/encoder.safetensors --benchmarks synth-ucf \
         --baselines --probe-seeds 3     # + random init and pixel baseline, mean and 95% interval over 3 probe seeds
@@ -8,17 +9,24 @@ several probe seeds and beside its two references (random init, pixel baseline),
 
 Every table also has a kNN row per benchmark (k = 20, engine/eval/knn.py) from the same cached features.
 
+Results go to `<out>/evals/<run>.json`, `<run>` being the run the export came from (its metadata, else the
+folder holding it); when that file holds another export's results, `<run>-<fingerprint>.json`, so two
+exports evaluated into one --out never overwrite each other.
+
 The work is engine/eval/encoder_eval.py (one encoder, one probe seed) and engine/eval/probe_seeds.py (seeds
 and references); this file only reads the command line.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import re
 import sys
 from pathlib import Path
 
 from .eval_sets import resolve_benchmarks
-from .encoder_eval import EvalConfig, limit_cpu_threads
+from .encoder_eval import EvalConfig, limit_cpu_threads, results_file_name
 from .encoders import EncoderSource, export_model_config
 from .errors import EvalInputError
 from .finetune import LowLabelConfig, evaluate_low_label
@@ -34,7 +42,7 @@ def positive_int(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Frozen-probe evaluation of one exported encoder.")
-    parser.add_argument("export", help="runs/<run>/encoder.safetensors")
+    parser.add_argument("export", help="an export folder (runs/<run>/export) or runs/<run>/encoder.safetensors")
     parser.add_argument("--benchmarks", default="synth", help="'synth', 'real' or a comma-separated list")
     parser.add_argument("--shards", default="data/shards",
                         help="folder holding the benchmarks' shard folders, or its fsspec URL (s3://, https://, ...)")
@@ -57,14 +65,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="epochs of the low-label fine-tuning (default %(default)s)")
     args = parser.parse_args(argv)
     limit_cpu_threads()
-    run_name = Path(args.export).parent.name
     out = Path(args.out)
     try:
         names = tuple(b.name for b in resolve_benchmarks(args.benchmarks))
-        sources = {run_name: EncoderSource(name=run_name, kind="run", path=args.export)}
-        sources[run_name].check()
+        source = EncoderSource(name="", kind="run", path=args.export)
+        source.check()
+        run_name = result_name(source, out / "evals")
+        sources = {run_name: dataclasses.replace(source, name=run_name)}
         if args.baselines:
-            seed = args.baseline_seed if args.baseline_seed is not None else run_seed(Path(args.export).parent)
+            seed = args.baseline_seed if args.baseline_seed is not None else run_seed(export_folder(args.export))
             references = reference_sources(run_name, export_model_config(args.export), seed)
             sources.update({f"{label} (seed {seed})": source for label, source in references.items()})
         config = EvalConfig(benchmarks=names, probe_epochs=args.probe_epochs)
@@ -84,14 +93,56 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_seed(run_dir: Path) -> int:
-    """run.seed of the run's resolved recipe (the seed its encoder was initialised with), 0 without one."""
+def export_folder(export: str | Path) -> Path:
+    """The folder an export lives in: an export folder itself, or the folder holding a .safetensors file."""
+    export = Path(export)
+    return export if export.is_dir() else export.parent
+
+
+def result_name(source: EncoderSource, results_dir: Path) -> str:
+    """The row and results-file name of an export: the run it came from (its metadata's `run`, else the name
+    of its folder), as a plain file name; `<that>-<fingerprint>` when `<that>.json` in `results_dir` holds
+    the results of other weights from another path (results of the same weights or the same path are reused
+    or refreshed, as before)."""
+    from engine.export import read_metadata
+
+    run = read_metadata(source.weights_path()).get("run")
+    if not (isinstance(run, str) and run.strip()):
+        run = export_folder(source.path).resolve().name
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", run).lstrip(".") or "export"  # metadata is not a path to follow
+    fingerprint = source.fingerprint()
+    try:
+        stored = json.loads((results_dir / results_file_name(base, 0)).read_text(encoding="utf-8"))
+        owner = Path(stored["encoder"]["path"]).resolve()
+        same = stored.get("fingerprint") == fingerprint or owner == Path(source.path).resolve()
+    except FileNotFoundError:
+        same = True  # nobody's results yet
+    except (OSError, ValueError, KeyError, TypeError):
+        same = False  # unreadable: not ours to overwrite
+    return base if same else f"{base}-{fingerprint[:8]}"
+
+
+def run_seed(folder: Path) -> int:
+    """run.seed of the recipe.yaml beside the export (the seed its encoder was initialised with), 0 without
+    one; a recipe that is not plain YAML data is one EvalInputError line (it is read, never executed)."""
     import yaml
 
-    recipe = run_dir / "recipe.yaml"
+    recipe = folder / "recipe.yaml"
     if not recipe.is_file():
         return 0
-    return int((yaml.safe_load(recipe.read_text(encoding="utf-8")).get("run") or {}).get("seed", 0))
+    fix = "fix: correct or remove that recipe.yaml, or pass --baseline-seed N"
+    try:
+        data = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(error, "problem", None) or error).split())
+        raise EvalInputError(f"{recipe}:{where} not a plain YAML recipe ({problem}); {fix}") from None
+    run = data.get("run") if isinstance(data, dict) else data  # None: an empty file
+    seed = 0 if run is None else run.get("seed", 0) if isinstance(run, dict) else None
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise EvalInputError(f"{recipe}: run.seed is not an integer ({seed!r}); {fix}")
+    return seed
 
 
 if __name__ == "__main__":
