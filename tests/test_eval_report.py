@@ -83,3 +83,37 @@ def test_report_leads_with_trained_against_both_references(tmp_path):
     assert "| baseline | UCF-101 only (synth: synth-ucf only) | 49.67 [43.42, 55.92] | 3 | +28.67 |" in learning
     assert "| random init (same architecture, untrained) | — | 11.00 [8.52, 13.48] | 3 | — |" in learning
     assert "| pixel baseline (patch embedding, no blocks) | — | 21.00 [18.52, 23.48] | 3 | — |" in learning
+
+
+def test_learning_verdict_pairs_the_better_reference_by_seed(tmp_path, capsys):
+    """trained − the reference with the higher mean, paired by seed, against a hand computation; the intervals
+    of the trained encoder and of each reference decide "apart"; engine.eval.verdict ends with that line."""
+    from engine.eval.report import learning_verdicts
+    from engine.eval.verdict import main as verdict_main
+
+    trained = {0: 75.0, 1: 78.0, 2: 76.0}
+    random_init = {0: 62.0, 1: 63.0, 2: 64.0}
+    pixels = {0: 65.0, 1: 62.0, 2: 65.0}  # mean 64.0 beats random init's 63.0: the better reference
+    rows = [_row("sigreg_small", "ucf", s, "synth-ucf", "paper_attentive", v, "question") for s, v in trained.items()]
+    rows += [_row("random_init", "", s, "synth-ucf", "paper_attentive", v, "question", kind="random")
+             for s, v in random_init.items()]
+    rows += [_row("pixel_baseline", "", s, "synth-ucf", "paper_attentive", v, "question", kind="pixel")
+             for s, v in pixels.items()]
+    # Paired with pixels: 75 - 65, 78 - 62, 76 - 65.
+    diffs = [10.0, 16.0, 11.0]
+    mean = sum(diffs) / 3
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
+    half = 4.302653 * sd / math.sqrt(3)
+    (line,) = learning_verdicts(rows)
+    assert line.startswith("verdict: sigreg_small, ucf regime − pixel baseline on synth-ucf: ")
+    assert f"{mean:+.2f} points" in line and f"[{mean - half:+.2f}, {mean + half:+.2f}]" in line
+    assert "intervals apart from both references: pretraining helps" in line
+    # Trained within a reference's interval: not apart, no clear effect; far below both: apart, "hurts".
+    level = [dict(r, top1=r["top1"] - 12.0) if r["kind"] == "trained" else r for r in rows]
+    assert learning_verdicts(level)[0].endswith("intervals not apart from both references: no clear effect")
+    worse = [dict(r, top1=r["top1"] - 30.0) if r["kind"] == "trained" else r for r in rows]
+    assert learning_verdicts(worse)[0].endswith("intervals apart from both references: pretraining hurts")
+    write_csv(rows, tmp_path / "results.csv")
+    assert verdict_main([str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == line
+    assert verdict_main([str(tmp_path / "nothing")]) == 2

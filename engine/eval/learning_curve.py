@@ -169,7 +169,8 @@ def plot_learning_curve(rows: list[dict], config: EvalConfig, path: Path, run_na
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     seeds = max((r["probe_seeds"] for r in rows), default=0)
-    fig.suptitle(f"{run_name}: mean and 95% t-interval over {seeds} probe seed(s); bands: references", fontsize=9)
+    # Two lines: one would run past a one-panel figure's edges.
+    fig.suptitle(f"{run_name}\nmean and 95% t-interval over {seeds} probe seed(s)\nreferences: horizontal lines, bands their intervals", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

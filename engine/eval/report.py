@@ -74,9 +74,9 @@ def learning_verdicts(rows: list[dict]) -> list[str]:
             reading = ("pretraining helps" if delta.excludes_zero() and delta.mean > 0 else
                        "pretraining hurts" if delta.excludes_zero() else "no clear effect") \
                 if delta.num_pairs > 1 else "too few seeds"
-            lines.append(f"verdict: {variant} ({REGIMES[regime]}) − {REFERENCE_LABELS[best].split(' (')[0]} on {benchmark}: "
+            lines.append(f"verdict: {variant}, {regime} regime − {REFERENCE_LABELS[best].split(' (')[0]} on {benchmark}: "
                          f"{_num(delta.mean, signed=True)} points top-1, 95% interval {interval_text(delta)} over "
-                         f"{delta.num_pairs} paired seeds; intervals {'apart from' if apart else 'overlapping'} both "
+                         f"{delta.num_pairs} paired seeds; intervals {'' if apart else 'not '}apart from both "
                          f"references: {reading}")
     return lines
 
