@@ -37,7 +37,8 @@ GPU_SCALE = {"pretrain": 2520,              # every clip of synth-ucf demo's tra
              "batch": 128, "warmup": 100, "steps": 3000, "probe_seeds": 2, "probe_epochs": 20, "probe_n": 1000}
 TINY = {"pretrain": 12, "val": 12, "batch": 4, "warmup": 1, "steps": 2, "probe_seeds": 1, "probe_epochs": 1,
         "probe_n": 12}
-PROBE_RESERVE_S = 45                        # search.py's start, three probes and the token statistics on a GPU
+PROBE_RESERVE_S = 75                        # search.py's start (torch, CUDA, 0.6 GB of clips), three probes of
+                                            # 2 seeds x 20 epochs and the token statistics, outside its --max-minutes
 CHANCE = 100.0 / 20
 
 

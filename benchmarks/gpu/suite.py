@@ -57,6 +57,7 @@ DEFAULT_BUDGET_S = 540     # the core stages' caps and the learn stage's minimum
 REPORT_RESERVE_S = 5
 GPU_TEST_FILES = {                                   # every test file with a `gpu` test, and the stage running it
     "tests/test_kernels_gpu.py": "pytest",
+    "tests/test_eval_probes_gpu.py": "pytest",
     "tests/test_data_loader.py": "pytest_data",
 }
 GROUPS = {"core": ("info", "step", "kernels", "pytest"),
