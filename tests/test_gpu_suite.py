@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from benchmarks.gpu import learn as learn_module
 from benchmarks.gpu import suite, wheels
 from benchmarks.gpu.devinfo import gpu_slug
 from proc_helpers import free_port
@@ -56,7 +57,7 @@ def test_dry_run_builds_every_stage_and_runs_the_cpu_parts(tmp_path):
     learn_argv = record["stages"]["learn"]["argv"]
     assert "--deadline-s" in learn_argv and learn_argv[learn_argv.index("--device") + 1] == "cuda"
     learn = json.loads((results / "learn-dryrun.json").read_text())
-    assert json.loads(learn["variant"])["name"] == "sigreg_005" and "--eval-online" in learn["commands"][1]
+    assert learn_module.variant_name(learn["variant"]) == "sigreg_005" and "--eval-online" in learn["commands"][1]
     assert set(learn["summary"]["rows"]) == {"trained", "random init", "pixels"}
     assert learn["summary"]["rows"]["random init"]["step"] == 0 < learn["summary"]["rows"]["trained"]["step"]
     assert record["stages"]["learn"]["summary"]["verdict"] == learn["summary"]["verdict"]
@@ -182,7 +183,7 @@ def test_wheel_list_pins_everything_and_never_torch(tmp_path):
 def test_learn_stage_is_skipped_in_one_line_without_scikit_learn(tmp_path, monkeypatch, capsys):
     """The learning figure needs scikit-learn and Pillow (the synth clips' digits and photos): where the GPU
     image lacks one, the suite skips the stage naming it, and learn.py alone says so in one line."""
-    from benchmarks.gpu import learn
+    learn = learn_module
     stage = next(s for s in suite.STAGES if s.name == "learn")
     ctx = suite.Context(out=tmp_path, work=tmp_path, dry_run=False, budget_s=600,
                         info={"gpu": "NVIDIA H100 80GB HBM3", "packages": {"sklearn": "absent", "PIL": "12.0.0"}})
@@ -198,7 +199,7 @@ def test_learn_stage_is_skipped_in_one_line_without_scikit_learn(tmp_path, monke
 
 
 def test_learn_summary_names_the_better_reference_and_the_verdict():
-    from benchmarks.gpu import learn
+    learn = learn_module
     search = {"pixel": [[30.0], [32.0]],
               "evals": [{"step": 0, "top1": [[40.0], [42.0]], "rank": 20.0, "train_s": 0.0, "loss": None},
                         {"step": 900, "top1": [[60.0], [62.0]], "rank": 30.0, "train_s": 90.0, "loss": 0.5}]}

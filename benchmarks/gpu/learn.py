@@ -80,9 +80,16 @@ def commands(args, shape: dict, clips: Path, result: Path, max_minutes: float) -
     return render, search
 
 
-def run(argv: list[str]) -> None:
+def run(argv: list[str]) -> int:
     print("$ " + " ".join(argv), flush=True)
-    subprocess.run(argv, cwd=REPO, check=True)
+    rc = subprocess.run(argv, cwd=REPO).returncode
+    if rc:
+        print(f"learn: {argv[2].rsplit('.', 1)[-1]} failed (exit {rc}); its output is above", flush=True)
+    return rc
+
+
+def variant_name(variant: str) -> str:
+    return json.loads(variant)["name"] if variant.lstrip().startswith("{") else variant
 
 
 def mean_top1(per_seed: list[list[float]]) -> float:
@@ -120,7 +127,7 @@ def write_report(out: Path, record: dict) -> None:
     trained = s["rows"]["trained"]
     steps, train_s = trained["step"], trained["train_s"]
     lines = [f"# Learning figure on {record['machine'] or record['device']}" + (" (dry run, tiny shapes)" if record["tiny"] else ""), "",
-             f"The winning small-scale objective `{json.loads(record['variant'])['name']}` trained on synth-ucf's camera-motion "
+             f"The winning small-scale objective `{variant_name(record['variant'])}` trained on synth-ucf's camera-motion "
              f"clips ({record['pretrain_clips']} pretraining clips, batch {shape['batch']}, lr {record['lr']:.3g}), "
              f"{steps} steps in {train_s:.0f} s ({steps * shape['batch'] / max(train_s, 1e-9):.0f} clips/s on "
              f"{record['device']}); attentive probe on {shape['probe_n']} training clips, scored on {record['n_val']} "
@@ -152,7 +159,9 @@ def main(argv=None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     clips, result = args.work / "clips.npz", args.work / "search.json"
     render, _ = commands(args, shape, clips, result, 0)
-    run(render)
+    result.unlink(missing_ok=True)                 # never report an earlier call's search
+    if run(render):
+        return 1
     render_s = time.monotonic() - started
     max_minutes = 0.0
     if args.deadline_s > 0:
@@ -163,7 +172,8 @@ def main(argv=None) -> int:
             return 3
         max_minutes = left / 60
     _, search = commands(args, shape, clips, result, max_minutes)
-    run(search)
+    if run(search):
+        return 1
     import numpy as np
     with np.load(clips) as data:                   # the counts rendered (the plan may hold fewer than asked)
         n_pre, n_val = len(data["pre_labels"]), len(data["val_labels"])
