@@ -13,7 +13,7 @@ Stages, in order (most important numbers first; each has a time cap, and the who
                        peak memory (benchmarks/gpu/step.py)
     kernels      core  benchmarks/kernels.py at paper shapes: eager vs reference vs torch.compile vs Triton,
                        GB/s and % of the copy peak measured in the same run
-    pytest       core  pytest -m gpu tests/test_kernels_gpu.py with TRITON_INTERPRET=0
+    pytest       core  pytest -m gpu tests/test_kernels_gpu.py tests/test_eval_probes_gpu.py, TRITON_INTERPRET=0
     learn        learn the winning small-scale recipe at GPU scale on synth-ucf's camera clips, probed beside
                        random init and pixels: does pretraining learn? (benchmarks/gpu/learn.py)
     loader       data  benchmarks/loader.py --device both: NVDEC (mixed) and CPU decode, loader / decode alone
