@@ -98,9 +98,10 @@ def mean_top1(per_seed: list[list[float]]) -> float:
 
 
 def interval(top1: float, n: int) -> float:
-    """Half-width of the 95% binomial interval of an accuracy measured on n clips (percentage points)."""
-    p = top1 / 100.0
-    return 196.0 * math.sqrt(max(p * (1 - p), 1e-12) / max(n, 1))
+    """Half-width of the 95% binomial interval (Agresti-Coull: never zero at 0% or 100%) of an accuracy
+    measured on n clips, in percentage points."""
+    p = (top1 / 100.0 * n + 2) / (n + 4)
+    return 196.0 * math.sqrt(p * (1 - p) / (n + 4))
 
 
 def summarise(search: dict, n_val: int) -> dict:
