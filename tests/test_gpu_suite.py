@@ -23,7 +23,7 @@ from proc_helpers import free_port
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow  # the step stage's three variants and the learn stage's clips and search: ~50 s on the 2-core machine
+@pytest.mark.slow  # the step stage runs three variants and the learn stage renders clips and trains: tens of seconds
 def test_dry_run_builds_every_stage_and_runs_the_cpu_parts(tmp_path):
     out = tmp_path / "out"
     # Its train_step stage runs `python -m engine.train` three times, one after the other: on a port free now
