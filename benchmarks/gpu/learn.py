@@ -107,11 +107,12 @@ def interval(top1: float, n: int) -> float:
 def summarise(search: dict, n_val: int) -> dict:
     evals = search["evals"]
     first, last = evals[0], evals[-1]
-    rows = {"pixels": {"top1": mean_top1(search["pixel"]), "per_seed": search["pixel"]},
+    rows = {"pixels": {"top1": mean_top1(search["pixel"]), "per_seed": search["pixel"], "knn_top1": search.get("pixel_knn")},
             "random init": {"top1": mean_top1(first["top1"]), "per_seed": first["top1"], "step": first["step"],
-                            "rank": first["rank"]},
+                            "rank": first["rank"], "knn_top1": first.get("knn_top1")},
             "trained": {"top1": mean_top1(last["top1"]), "per_seed": last["top1"], "step": last["step"],
-                        "rank": last["rank"], "train_s": last["train_s"], "loss": last["loss"]}}
+                        "rank": last["rank"], "train_s": last["train_s"], "loss": last["loss"],
+                        "knn_top1": last.get("knn_top1")}}
     for row in rows.values():
         row["ci95"] = interval(row["top1"], n_val)
     best_name = max(("random init", "pixels"), key=lambda k: rows[k]["top1"])
@@ -134,11 +135,12 @@ def write_report(out: Path, record: dict) -> None:
              f"{record['device']}); attentive probe on {shape['probe_n']} training clips, scored on {record['n_val']} "
              f"held-out clips, mean of {shape['probe_seeds']} probe seed(s); 20 classes, chance {CHANCE:.0f}%. "
              f"One pretraining seed: the intervals are the clips' binomial 95% only.", "",
-             "| encoder | steps | top-1 (%) | 95% | token rank |", "|---|---:|---:|---:|---:|"]
+             "| encoder | steps | top-1 (%) | 95% | kNN top-1 (%, k = 20) | token rank |", "|---|---:|---:|---:|---:|---:|"]
     for name in ("trained", "random init", "pixels"):
         r = s["rows"][name]
         rank = f"{r['rank']:.1f}" if "rank" in r else "—"
-        lines.append(f"| {name} | {r.get('step', '—')} | {r['top1']:.1f} | ±{r['ci95']:.1f} | {rank} |")
+        knn = "—" if r.get("knn_top1") is None else f"{r['knn_top1']:.1f}"
+        lines.append(f"| {name} | {r.get('step', '—')} | {r['top1']:.1f} | ±{r['ci95']:.1f} | {knn} | {rank} |")
     lines += ["", f"verdict: trained − {s['better_reference']} = {s['difference']:+.1f} ± {s['difference_ci95']:.1f} "
                   f"points: {s['verdict']}.", "",
               f"Rendering the clips took {record['render_s']:.0f} s on {record['workers']} processes; the whole stage "

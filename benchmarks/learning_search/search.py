@@ -162,7 +162,8 @@ def probe(module, pixel=False):
                               sweep_lrs=tuple(float(x) for x in a.probe_sweep.split(",") if x)), 20)
         accs.append([h.top1 for h in r.heads])
     torch.set_num_threads(threads)
-    return accs, knn_probe(tr, te, 20)["top1"]
+    on_cpu = [CachedFeatures(c.features.cpu(), c.labels, [], {}) for c in (tr, te)]  # the kNN votes on the CPU
+    return accs, knn_probe(*on_cpu, 20)["top1"]
 
 def token_stats(module):
     """(rank, within-clip share) of 200 test clips' eval tokens, as the collapse alarm computes them."""
