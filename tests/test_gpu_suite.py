@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+import tarfile
 import time
 import zipfile
 from pathlib import Path
@@ -14,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from benchmarks.gpu import learn as learn_module
 from benchmarks.gpu import suite, wheels
 from benchmarks.gpu.devinfo import gpu_slug
 from proc_helpers import free_port
@@ -21,7 +23,7 @@ from proc_helpers import free_port
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow  # its train_step stage runs engine.train three times: ~35 s on the 2-core machine
+@pytest.mark.slow  # the step stage runs three variants and the learn stage renders clips and trains: tens of seconds
 def test_dry_run_builds_every_stage_and_runs_the_cpu_parts(tmp_path):
     out = tmp_path / "out"
     # Its train_step stage runs `python -m engine.train` three times, one after the other: on a port free now
@@ -29,7 +31,7 @@ def test_dry_run_builds_every_stage_and_runs_the_cpu_parts(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, MASTER_PORT=str(free_port()))
     env.pop("OUT", None)
     start = time.monotonic()
-    result = subprocess.run(["bash", "benchmarks/gpu/run.sh", "--dry-run", str(out)], cwd=REPO, env=env,
+    result = subprocess.run(["bash", "benchmarks/gpu/run.sh", "--dry-run", str(out), "--max-files", "8"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=300)
     seconds = time.monotonic() - start
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -38,7 +40,7 @@ def test_dry_run_builds_every_stage_and_runs_the_cpu_parts(tmp_path):
     assert set(record["stages"]) == {s.name for s in suite.STAGES}
     for name, entry in record["stages"].items():
         assert entry.get("args_checked"), (name, entry)
-        assert entry["status"] == ("ok" if name in ("info", "step", "kernels") else "dry"), (name, entry)
+        assert entry["status"] == ("ok" if name in ("info", "step", "kernels", "learn") else "dry"), (name, entry)
     # The GPU commands run at paper scale and name the device in every file they write.
     step_argv = record["stages"]["step"]["argv"]
     assert "--recipe-dir" not in step_argv and "--deadline-s" in step_argv
@@ -51,8 +53,19 @@ def test_dry_run_builds_every_stage_and_runs_the_cpu_parts(tmp_path):
     kernels = json.loads((results / "kernels-dryrun.json").read_text())
     assert {r["op"] for r in kernels["results"]} == {"masked_gather", "hard_weighted_loss", "motion_mask"}
     assert kernels["peak_gbps"] and kernels["peak_kind"].startswith("measured device-to-device copy")
+    # The learning figure: the winning objective trained on rendered camera clips, probed beside its references.
+    learn_argv = record["stages"]["learn"]["argv"]
+    assert "--deadline-s" in learn_argv and learn_argv[learn_argv.index("--device") + 1] == "cuda"
+    learn = json.loads((results / "learn-dryrun.json").read_text())
+    assert learn_module.variant_name(learn["variant"]) == "sigreg_005" and "--eval-online" in learn["commands"][1]
+    assert set(learn["summary"]["rows"]) == {"trained", "random init", "pixels"}
+    assert learn["summary"]["rows"]["random init"]["step"] == 0 < learn["summary"]["rows"]["trained"]["step"]
+    assert record["stages"]["learn"]["summary"]["verdict"] == learn["summary"]["verdict"]
+    # At most 8 files come back from a call: the rest (the log first) travel in one bundle.
     files = sorted(p.name for p in out.rglob("*") if p.is_file())
-    assert len(files) <= 8 and "suite-dryrun.md" in files and "suite-dryrun.log" in files, files
+    assert len(files) <= 8 and "suite-dryrun.md" in files and "suite-dryrun-more.tar.gz" in files, files
+    with tarfile.open(results / "suite-dryrun-more.tar.gz") as tar:
+        assert "benchmarks/results/suite-dryrun.log" in tar.getnames()
     print(f"dry run: {seconds:.1f} s")
     assert seconds < 120
 
@@ -71,6 +84,11 @@ def test_stage_selection_keeps_the_suite_order():
         suite.selected("nope")
     total_caps = sum(s.cap_s for s in suite.STAGES if s.name in suite.GROUPS["core"])
     assert total_caps < 8 * 60 - 60      # the first call's stages fit the 8 minutes with room to spare
+    assert suite.selected("learn") == ["info", "learn"]
+    # The first call (every stage) still gives the learning figure when the core stages run to their caps,
+    # and the whole budget fits one 10-minute device call with a minute to spare.
+    learn = next(s for s in suite.STAGES if s.name == "learn")
+    assert total_caps + learn.min_s + suite.REPORT_RESERVE_S <= suite.DEFAULT_BUDGET_S <= 9 * 60
 
 
 @pytest.mark.parametrize("name,slug", [("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA H200", "h200"),
@@ -160,3 +178,36 @@ def test_wheel_list_pins_everything_and_never_torch(tmp_path):
     bad.write_text("core torch==2.11.0 wheel no\n")
     with pytest.raises(SystemExit):
         wheels.read_list(bad)
+
+
+def test_learn_stage_is_skipped_in_one_line_without_scikit_learn(tmp_path, monkeypatch, capsys):
+    """The learning figure needs scikit-learn and Pillow (the synth clips' digits and photos): where the GPU
+    image lacks one, the suite skips the stage naming it, and learn.py alone says so in one line."""
+    learn = learn_module
+    stage = next(s for s in suite.STAGES if s.name == "learn")
+    ctx = suite.Context(out=tmp_path, work=tmp_path, dry_run=False, budget_s=600,
+                        info={"gpu": "NVIDIA H100 80GB HBM3", "packages": {"sklearn": "absent", "PIL": "12.0.0"}})
+    assert suite.missing_needs(stage, ctx) == ["sklearn"]
+    ctx.info["packages"]["sklearn"] = "1.9.1"
+    assert suite.missing_needs(stage, ctx) == []
+    real_find_spec = learn.importlib.util.find_spec
+    monkeypatch.setattr(learn.importlib.util, "find_spec", lambda name: None if name == "sklearn" else real_find_spec(name))
+    assert learn.main(["--out", str(tmp_path / "learn"), "--work", str(tmp_path / "work")]) == 2
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "scikit-learn missing" in printed[0], printed
+    assert not (tmp_path / "work").exists() and not list(tmp_path.glob("learn*"))
+
+
+def test_learn_summary_names_the_better_reference_and_the_verdict():
+    learn = learn_module
+    search = {"pixel": [[30.0], [32.0]],
+              "evals": [{"step": 0, "top1": [[40.0], [42.0]], "rank": 20.0, "train_s": 0.0, "loss": None},
+                        {"step": 900, "top1": [[60.0], [62.0]], "rank": 30.0, "train_s": 90.0, "loss": 0.5}]}
+    s = learn.summarise(search, 980)
+    assert s["better_reference"] == "random init" and s["difference"] == 20.0 and s["verdict"] == "learns"
+    p = (0.61 * 980 + 2) / 984                            # Agresti-Coull: n + 4 clips, 2 more right
+    assert abs(s["rows"]["trained"]["ci95"] - 196 * (p * (1 - p) / 984) ** 0.5) < 1e-9
+    assert learn.interval(0.0, 20) > 0                     # a reference at 0% on few clips is not certain
+    search["evals"][-1]["top1"] = [[41.0], [42.0]]
+    assert learn.summarise(search, 980)["verdict"] == "no clear difference"
+    assert learn.scaled_lr(64) == 2 * learn.SEARCH_LR

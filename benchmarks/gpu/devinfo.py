@@ -26,7 +26,7 @@ from pathlib import Path
 OPTIONAL = {"triton": "triton", "numpy": "numpy", "nvidia.dali": "nvidia-dali-cuda130", "deepspeed": "deepspeed",
             "av": "av", "pyarrow": "pyarrow", "yaml": "pyyaml", "safetensors": "safetensors", "tqdm": "tqdm",
             "matplotlib": "matplotlib", "tensorboard": "tensorboard", "xformers": "xformers",
-            "pydantic": "pydantic", "hjson": "hjson", "pytest": "pytest"}
+            "pydantic": "pydantic", "hjson": "hjson", "pytest": "pytest", "sklearn": "scikit-learn", "PIL": "pillow"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check in one command (docs/gpu.md):
 #
-#   bash benchmarks/gpu/run.sh OUT [--stages core|data|all|name,...] [--budget 450] [--name suite]
+#   bash benchmarks/gpu/run.sh OUT [--stages core|learn|data|all|name,...] [--budget 540] [--name suite]
 #   bash benchmarks/gpu/run.sh OUT --stash-only      # only keep the wheel parts that came with this call
 #   bash benchmarks/gpu/run.sh --dry-run OUT         # CPU: every command built, the CPU parts on tiny shapes
 #

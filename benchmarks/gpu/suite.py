@@ -1,11 +1,11 @@
 """The GPU check, one command: device, compiled kernels, kernel and training-step benchmarks, NVDEC loader.
 
-    bash benchmarks/gpu/run.sh OUT                 # every stage whose dependencies are here, in < 8 minutes
+    bash benchmarks/gpu/run.sh OUT                 # every stage whose dependencies are here, in < 9 minutes
     bash benchmarks/gpu/run.sh OUT --stages core   # info, step, kernels, pytest: needs only torch + triton
     bash benchmarks/gpu/run.sh --dry-run OUT       # CPU: build every command, run the CPU parts on tiny shapes
 
 Stages, in order (most important numbers first; each has a time cap, and the whole run a budget, default
-450 s, that no stage may overrun; a stage that fails or times out is recorded and the next one runs):
+540 s, that no stage may overrun; a stage that fails or times out is recorded and the next one runs):
 
     info         core  device, driver, versions, optional packages; measured copy GB/s and bf16 matmul TFLOP/s
     step         core  ViT-B/16 16x224^2 bf16 training step, baseline / fwm_hw_ld / motion_guided, kernels
@@ -13,7 +13,9 @@ Stages, in order (most important numbers first; each has a time cap, and the who
                        peak memory (benchmarks/gpu/step.py)
     kernels      core  benchmarks/kernels.py at paper shapes: eager vs reference vs torch.compile vs Triton,
                        GB/s and % of the copy peak measured in the same run
-    pytest       core  pytest -m gpu tests/test_kernels_gpu.py with TRITON_INTERPRET=0
+    pytest       core  pytest -m gpu tests/test_kernels_gpu.py tests/test_eval_probes_gpu.py, TRITON_INTERPRET=0
+    learn        learn the winning small-scale recipe at GPU scale on synth-ucf's camera clips, probed beside
+                       random init and pixels: does pretraining learn? (benchmarks/gpu/learn.py)
     loader       data  benchmarks/loader.py --device both: NVDEC (mixed) and CPU decode, loader / decode alone
     deepspeed    data  benchmarks/train_step.py --paper: the real loop (DeepSpeed + loader), data stall
     step_loader  data  the in-process step through the real loader, when DeepSpeed is absent
@@ -50,13 +52,16 @@ from benchmarks.gpu import wheels  # noqa: E402
 from benchmarks.gpu.devinfo import gpu_slug  # noqa: E402
 
 RESULTS = Path("benchmarks") / "results"
-DEFAULT_BUDGET_S = 450
+DRY_RUN_STAGES = ("info", "step", "kernels", "learn")   # run on tiny CPU shapes by the dry run
+DEFAULT_BUDGET_S = 540     # the core stages' caps and the learn stage's minimum, inside one 10-minute device call
 REPORT_RESERVE_S = 5
 GPU_TEST_FILES = {                                   # every test file with a `gpu` test, and the stage running it
     "tests/test_kernels_gpu.py": "pytest",
+    "tests/test_eval_probes_gpu.py": "pytest",
     "tests/test_data_loader.py": "pytest_data",
 }
 GROUPS = {"core": ("info", "step", "kernels", "pytest"),
+          "learn": ("learn",),
           "data": ("loader", "deepspeed", "step_loader", "pytest_data")}
 PAPER_KERNEL_ARGS = ["--dtype", "bfloat16", "--batch", "8", "--frames", "16", "--img-size", "224", "--min-time", "0.2",
                      "--max-repeats", "20"]
@@ -83,6 +88,8 @@ STAGES = [
     Stage("step", 160, 60, ("cuda",), "training step, synthetic batches, kernels on/off", ("train_step",)),
     Stage("kernels", 90, 40, ("cuda", "triton"), "kernel microbenchmarks at paper shapes", ("kernels",)),
     Stage("pytest", 90, 30, ("cuda", "triton", "pytest"), "compiled kernels vs references (pytest -m gpu)"),
+    Stage("learn", 240, 120, ("cuda", "sklearn", "PIL"),
+          "winning small-scale recipe at GPU scale, probed beside random init and pixels", ("learn",)),
     Stage("loader", 60, 30, ("cuda", "nvidia.dali", "shards"), "NVDEC and CPU decode, loader vs decode alone",
           ("loader",)),
     Stage("deepspeed", 100, 60, ("cuda", "nvidia.dali", "deepspeed", "shards"),
@@ -125,8 +132,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 epilog="\n".join(__doc__.splitlines()[1:]))
     p.add_argument("out", type=Path, help="output folder (results under OUT/benchmarks/results)")
     p.add_argument("--dry-run", action="store_true", help="CPU: build every command, run the CPU parts on tiny shapes")
-    p.add_argument("--stages", default="all", help="comma list of stages or groups (core, data, all); info always runs")
-    p.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="seconds for the whole run (default 450)")
+    p.add_argument("--stages", default="all", help="comma list of stages or groups (core, learn, data, all); info always runs")
+    p.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help=f"seconds for the whole run (default {DEFAULT_BUDGET_S})")
     p.add_argument("--name", default="suite", help="stem of this run's summary files (default suite)")
     p.add_argument("--work", type=Path, default=wheels.DEFAULT_WORK,
                    help="stash, installed wheels, shards and state, kept across calls (default /tmp/vjepa-gpu)")
@@ -159,7 +166,7 @@ def selected(spec: str) -> list[str]:
 # ------------------------------------------------------------------------------------------ commands
 def command(stage: str, ctx: Context, tiny: bool = False) -> list[str]:
     """The argv of a stage, exactly as it runs: paper shapes on a GPU; `tiny` = the dry run's CPU shapes
-    (info, step and kernels only; the dry run checks the GPU argv's arguments and runs the tiny one)."""
+    (info, step, kernels and learn only; the dry run checks the GPU argv's arguments and runs the tiny one)."""
     py = sys.executable
     results = ctx.results
     info_path = ctx.work / "info.json"
@@ -182,6 +189,13 @@ def command(stage: str, ctx: Context, tiny: bool = False) -> list[str]:
     if stage in ("pytest", "pytest_data"):
         files = [f for f, s in GPU_TEST_FILES.items() if s == stage]
         return [py, "-m", "pytest", "-m", "gpu", "-q", "-rfEs", "-p", "no:cacheprovider", *files]
+    if stage == "learn":
+        # Training stops early enough for the last probe to end before the stage's cap.
+        deadline = max(30, int((ctx.timeout or next(s.cap_s for s in STAGES if s.name == "learn")) - 10))
+        argv = [py, "-m", "benchmarks.gpu.learn", "--out", str(ctx.stem("learn")), "--work", str(ctx.work / "learn"),
+                "--machine", f"1x {ctx.info.get('gpu') or 'no GPU'}, {os.cpu_count()} CPU cores"]
+        return argv + (["--device", "cpu", "--tiny", "--workers", "2"] if tiny else
+                       ["--device", "cuda", "--deadline-s", str(deadline)])
     shards = str(ctx.shards or "SHARDS")
     if stage == "loader":
         return [py, "benchmarks/loader.py", "--shards", shards, "--device", "both", "--no-reference", "--crop", "224",
@@ -341,6 +355,11 @@ def summarise_stage(name: str, ctx: Context, tail: str) -> dict:
             return {device: {"loader_clips_per_s": run["a_loader"]["clips_per_s"],
                              "decode_clips_per_s": run["c_decode_only"]["clips_per_s"], "a_over_c": run["a_over_c"]}
                     for device, run in report["runs"].items()}
+        if name == "learn":
+            report = json.loads(ctx.stem("learn").with_suffix(".json").read_text())["summary"]
+            return {"top1": {k: round(v["top1"], 1) for k, v in report["rows"].items()},
+                    "steps": report["rows"]["trained"]["step"], "difference": round(report["difference"], 1),
+                    "difference_ci95": round(report["difference_ci95"], 1), "verdict": report["verdict"]}
         if name == "deepspeed":
             report = json.loads(ctx.stem("train_step-deepspeed").with_suffix(".json").read_text())
             return {k: {m: v.get(m) for m in ("step_s", "clips_per_s", "tokens_per_s", "tflops_per_s", "mfu", "data_stall")}
@@ -420,6 +439,10 @@ def headline(stage: str, r: dict) -> str:
                          f"copy peak" for g in s["goals"]) or "no Triton rows (no GPU)"
     if stage in ("pytest", "pytest_data"):
         return str(s.get("pytest", ""))
+    if stage == "learn" and s.get("top1"):
+        t = s["top1"]
+        return (f"top-1 trained {t['trained']:.1f}% after {s['steps']} steps, random init {t['random init']:.1f}%, "
+                f"pixels {t['pixels']:.1f}%: {s['difference']:+.1f} ± {s['difference_ci95']:.1f} ({s['verdict']})")
     if stage == "loader" and s and "summary_error" not in s:
         return "; ".join(f"{d}: loader {v['loader_clips_per_s']} clips/s, decode alone {v['decode_clips_per_s']}, "
                          f"a/c {v['a_over_c']}" for d, v in s.items())
@@ -525,7 +548,7 @@ def main(argv=None) -> int:
                 entry.update(status="failed", reason=f"argument check: {type(err).__name__}: {err}")
                 continue
             entry["args_checked"] = True
-            if stage.name not in ("info", "step", "kernels"):
+            if stage.name not in DRY_RUN_STAGES:
                 entry.update(status="dry", reason="command built, arguments and recipes checked; runs on a GPU")
                 continue
             argv = entry["argv_run"] = command(stage.name, ctx, tiny=True)

@@ -161,6 +161,7 @@ def main(argv=None) -> None:
     parser.add_argument("--textures", action="store_true",
                         help="the third audit's motion check: smooth colour textures translating, 8 directions x 2 "
                              "speeds (16 classes; a calibration of the search loop against that audit)")
+    parser.add_argument("--workers", type=int, default=2, help="processes rendering --camera clips (the machine's cores)")
     args = parser.parse_args(argv)
     started = time.time()
     if args.textures:
@@ -174,7 +175,7 @@ def main(argv=None) -> None:
     if args.camera:
         from pathlib import Path
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        np.savez(args.out, **make_camera_splits(args.pretrain, args.val))
+        np.savez(args.out, **make_camera_splits(args.pretrain, args.val, args.workers))
         print(f"{args.out}: camera clips in {time.time() - started:.0f} s")
         return
     pretrain, pretrain_labels = make_split(args.pretrain, 1, True, plain=args.plain, audit=args.audit)

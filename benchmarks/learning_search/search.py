@@ -69,15 +69,18 @@ p.add_argument("--probe-features", choices=("normed", "residual"), default="norm
                help="what the probe reads: the eval features (per-token LayerNorm of the last level, as the engine "
                     "evaluates) or the last block's residual stream before that norm, where token magnitude survives")
 p.add_argument("--threads", type=int, default=2)
+p.add_argument("--device", default="cpu", help="where the model, the batches and the probes run: cpu or cuda")
+p.add_argument("--bf16", action="store_true", help="bf16 autocast for the training step's forward (the probes stay fp32)")
 p.add_argument("--aug", action="store_true")
 p.add_argument("--out", required=True)
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 torch.manual_seed(a.seed)
+dev = torch.device(a.device)
 d = dict(np.load(a.data))
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1, 1); STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1, 1)
-def to_video(u8):  # [B, T, H, W, 3] uint8 -> [B, 3, T, H, W]
-    x = torch.from_numpy(u8).permute(0, 4, 1, 2, 3).float() / 255.0
+MEAN = torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1, 1); STD = torch.tensor([0.229, 0.224, 0.225], device=dev).view(1, 3, 1, 1, 1)
+def to_video(u8):  # [B, T, H, W, 3] uint8 -> [B, 3, T, H, W] on the device (moved as uint8: a quarter of the bytes)
+    x = torch.from_numpy(u8).to(dev).permute(0, 4, 1, 2, 3).float() / 255.0
     return (x - MEAN) / STD
 if a.eval_split == "val" and "val" not in d:
     raise SystemExit(f"{a.data} has no validation split: render it again with python -m benchmarks.learning_search.clips")
@@ -100,6 +103,7 @@ else:
 pd, pw, ph = (int(x) for x in a.pred.split(","))
 predictor = Predictor(predictor_preset("tiny", depth=pd, width=pw, num_heads=ph), encoder.out_dim, cfg.grid, masks.num_mask_configs)
 jepa = JEPA(encoder, predictor, variant, JEPAConfig(context_loss=ContextLossConfig(weight_distance=True, lambda_value=a.ctx, lambda_start=0, lambda_end=1)))
+jepa.to(dev)
 target = make_ema_target(encoder)
 LABEL_OF = {"class": lambda y: y, "motion": lambda y: y % 2, "digit": lambda y: y // 2}  # y = digit * 2 + motion
 num_labels = {"class": 20, "motion": 2, "digit": 10}[a.supervised_labels]
@@ -115,6 +119,7 @@ else:
         def forward(self, tokens):  # [B, N, D] -> logits [B, num_labels]
             return self.linear(tokens.mean(1))
     head = MeanLinear()
+head.to(dev)
 if a.supervised:  # the encoder trained with labels; probed like every other encoder (online weights)
     jepa = torch.nn.ModuleDict({"encoder": encoder, "head": head})
     a.eval_online = True
@@ -143,7 +148,7 @@ def features(module, clips, pixel=False):
             f = residual_stream(module, v)
         else:
             f = module.forward_eval(v)
-        out.append(f.half())
+        out.append(f.half())  # on the device: the probe trains where its features are
     module.train()
     return torch.cat(out).unsqueeze(1)  # [n, 1, N, D]
 
@@ -157,7 +162,8 @@ def probe(module, pixel=False):
                               sweep_lrs=tuple(float(x) for x in a.probe_sweep.split(",") if x)), 20)
         accs.append([h.top1 for h in r.heads])
     torch.set_num_threads(threads)
-    return accs, knn_probe(tr, te, 20)["top1"]
+    on_cpu = [CachedFeatures(c.features.cpu(), c.labels, [], {}) for c in (tr, te)]  # the kNN votes on the CPU
+    return accs, knn_probe(*on_cpu, 20)["top1"]
 
 def token_stats(module):
     """(rank, within-clip share) of 200 test clips' eval tokens, as the collapse alarm computes them."""
@@ -174,6 +180,7 @@ if a.pixel:
     results["pixel"], results["pixel_knn"] = probe(encoder, pixel=True); save()
     print("pixel", results["pixel"], flush=True)
 gen = torch.Generator().manual_seed(a.seed)
+mask_gen = gen if dev.type == "cpu" else torch.Generator(device=dev).manual_seed(a.seed)  # masks draw beside the video
 t0 = time.time(); losses = []
 n = len(pre)
 order = torch.randperm(n, generator=gen); pos = 0
@@ -208,15 +215,16 @@ for step in range(a.steps + 1):
     m = a.ema[0] + (a.ema[1] - a.ema[0]) * step / max(1, a.steps)
     if a.supervised:
         labels = LABEL_OF[a.supervised_labels](torch.from_numpy(d["pre_labels"][np.sort(idx)]))
-        loss = torch.nn.functional.cross_entropy(head(encoder.forward_eval(video)), labels)
+        loss = torch.nn.functional.cross_entropy(head(encoder.forward_eval(video)), labels.to(dev))
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         losses.append(float(loss.detach()))
         train_s += time.time() - step_started
         if step % 100 == 0:
             print(step, round(losses[-1], 4), round(train_s, 1), flush=True)
         continue
-    ms = masks(video.shape[0], cfg.grid, gen, video)
-    out = jepa(video, ms, step, target)
+    ms = masks(video.shape[0], cfg.grid, mask_gen, video)
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.bf16):
+        out = jepa(video, ms, step, target)
     total = out["total"] - (1.0 - a.latent_weight) * jepa.variant.prediction_weight * out["pred"]
     opt.zero_grad(set_to_none=True); total.backward(); opt.step()
     jepa.update_target(target, m)

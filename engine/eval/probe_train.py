@@ -110,8 +110,8 @@ def channel_statistics(train: CachedFeatures, chunk: int = 256) -> tuple[torch.T
     head could learn itself, applied so that encoders whose tokens share a large common component (a
     random or barely trained ViT's are nearly identical) are not judged by how slowly AdamW at lr 1e-3
     finds the small differences. Computed on the training split only; the test split reuses it."""
-    total = torch.zeros(train.width, dtype=torch.float64)
-    squares = torch.zeros(train.width, dtype=torch.float64)
+    total = torch.zeros(train.width, dtype=torch.float64, device=train.features.device)
+    squares = torch.zeros(train.width, dtype=torch.float64, device=train.features.device)
     count = 0
     flat = train.features.reshape(-1, train.width)                        # [n*V*L, D]
     for start in range(0, flat.shape[0], chunk * 64):
@@ -139,7 +139,8 @@ def train_probe_sweep(
     num_classes: int,
     description: str = "probe",
 ) -> SweepResult:
-    """Train every head of the sweep on `train`, score on `test` after the last epoch."""
+    """Train every head of the sweep on `train`, score on `test` after the last epoch, on the device the
+    features are on (the heads are drawn on the CPU either way, so a seed gives the same start everywhere)."""
     started = time.perf_counter()
     if train.width != test.width:
         raise ValueError(f"train features have width {train.width}, test features {test.width}; extract both with one encoder")
@@ -151,23 +152,26 @@ def train_probe_sweep(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         heads = nn.ModuleList(build_probe(arch, train.width, num_classes) for _ in grid)
+    device = train.features.device
+    heads.to(device)
     optimizer = torch.optim.AdamW(
         [{"params": head.parameters(), "lr": lr, "weight_decay": wd} for head, (lr, wd) in zip(heads, grid)]
     )
     features, labels = _flatten_views(train)
+    labels = labels.to(device)
     if config.standardize:
         mean, std = channel_statistics(train)
     else:
-        mean, std = torch.zeros(train.width), torch.ones(train.width)
+        mean, std = torch.zeros(train.width, device=device), torch.ones(train.width, device=device)
     steps_per_epoch = math.ceil(labels.shape[0] / config.batch_size)
     last_epoch_loss = torch.zeros(len(grid))
     heads.train()
     progress = tqdm(range(config.epochs), desc=description, leave=False)
     for _ in progress:
         order = torch.randperm(labels.shape[0], generator=generator)
-        epoch_loss = torch.zeros(len(grid))
+        epoch_loss = torch.zeros(len(grid), device=device)  # on the device: no host sync per step
         for step in range(steps_per_epoch):
-            idx = order[step * config.batch_size: (step + 1) * config.batch_size]
+            idx = order[step * config.batch_size: (step + 1) * config.batch_size].to(device)
             batch = (features[idx].float() - mean) / std  # [b, L, D]
             target = labels[idx]
             losses = torch.stack([F.cross_entropy(head(batch), target) for head in heads])  # [H]
@@ -175,7 +179,7 @@ def train_probe_sweep(
             losses.sum().backward()
             optimizer.step()
             epoch_loss += losses.detach() * idx.numel()
-        last_epoch_loss = epoch_loss / labels.shape[0]
+        last_epoch_loss = (epoch_loss / labels.shape[0]).cpu()
         progress.set_postfix(loss=f"{float(last_epoch_loss[0]):.3f}")
     results = _score(heads, test, config.eval_batch_size, grid, last_epoch_loss, mean, std)
     return SweepResult(arch=asdict(arch), train=asdict(config), heads=results, num_train=train.labels.shape[0],
@@ -190,7 +194,7 @@ def _score(heads: nn.ModuleList, test: CachedFeatures, batch_size: int, grid, tr
     correct = [{1: 0, 5: 0} for _ in heads]
     for start in range(0, test.labels.shape[0], batch_size):
         batch = test.features[start: start + batch_size]  # [b, V, L, D]
-        target = test.labels[start: start + batch_size]
+        target = test.labels[start: start + batch_size].to(batch.device)
         flat = (batch.reshape(-1, *batch.shape[2:]).float() - mean) / std  # [b*V, L, D]
         for h, head in enumerate(heads):
             probs = average_view_probabilities(head(flat), views)  # [b, C]
