@@ -57,7 +57,7 @@ def test_dry_run_builds_every_stage_and_runs_the_cpu_parts(tmp_path):
     learn_argv = record["stages"]["learn"]["argv"]
     assert "--deadline-s" in learn_argv and learn_argv[learn_argv.index("--device") + 1] == "cuda"
     learn = json.loads((results / "learn-dryrun.json").read_text())
-    assert learn_module.variant_name(learn["variant"]) == "sigreg_005" and "--eval-online" in learn["commands"][1]
+    assert learn_module.variant_name(learn["variant"]) == "sigreg_small" and "--eval-online" in learn["commands"][1]
     assert set(learn["summary"]["rows"]) == {"trained", "random init", "pixels"}
     assert learn["summary"]["rows"]["random init"]["step"] == 0 < learn["summary"]["rows"]["trained"]["step"]
     assert record["stages"]["learn"]["summary"]["verdict"] == learn["summary"]["verdict"]

@@ -82,18 +82,22 @@ def make_split(n, seed, train, frames=8, size=64, plain=False, audit=False):
     return clips, labels
 
 def _camera_clip(args) -> tuple[np.ndarray, np.ndarray, int]:
-    """(8 frames every 2nd from a random start, 8 frames spread uniformly over the clip, label) of one
-    synth-ucf job: the frames a demo recipe pretrains on, and the frames its probe protocol reads."""
-    job, seed = args
+    """(pretraining frames, the 8 frames spread uniformly over the clip that the probe protocol reads, label) of
+    one synth-ucf job. Pretraining frames are the probe's own unless `every_2nd`: 8 frames every 2nd from a
+    random start, the old demo recipes' sampling, whose motion per tubelet is half the probe's (docs/learning.md:
+    nothing pretrained on it transferred)."""
+    job, seed, every_2nd = args
     from shards.synth import ucf
     from shards.synth.scales import SCALES
     frames = ucf.render_frames(job, SCALES["demo"], seed)  # [32, 64, 64, 3]
+    uniform = frames[np.linspace(0, len(frames) - 1, 8).round().astype(int)]
+    if not every_2nd:
+        return uniform, uniform, job.label
     start = int(np.random.default_rng([seed, *job.stream]).integers(0, len(frames) - 15))
-    uniform = np.linspace(0, len(frames) - 1, 8).round().astype(int)
-    return frames[start:start + 16:2], frames[uniform], job.label
+    return frames[start:start + 16:2], uniform, job.label
 
 
-def make_camera_splits(pretrain: int, val: int, workers: int = 2) -> dict:
+def make_camera_splits(pretrain: int, val: int, workers: int = 2, every_2nd: bool = False) -> dict:
     """synth-ucf's own clips (camera motion, shards/synth/ucf.py) at demo scale, rendered without the codec:
     pretraining and the probe's training clips from the training groups (seed 0, the demo's draws),
     validation from the held-out groups drawn again with seed 1 (clips the test split never shows)."""
@@ -105,8 +109,8 @@ def make_camera_splits(pretrain: int, val: int, workers: int = 2) -> dict:
     train = [jobs[i] for i in order.permutation(len(jobs)) if jobs[i].split == "train"][:pretrain]
     held = [jobs[i] for i in order.permutation(len(jobs)) if jobs[i].split == "test"][:val]
     with multiprocessing.Pool(workers) as pool:
-        pre = pool.map(_camera_clip, [(j, 0) for j in train], chunksize=16)
-        held_out = pool.map(_camera_clip, [(j, 1) for j in held], chunksize=16)
+        pre = pool.map(_camera_clip, [(j, 0, every_2nd) for j in train], chunksize=16)
+        held_out = pool.map(_camera_clip, [(j, 1, every_2nd) for j in held], chunksize=16)
     return {"pre": np.stack([c[0] for c in pre]), "pre_eval": np.stack([c[1] for c in pre]),
             "pre_labels": np.array([c[2] for c in pre]), "val": np.stack([c[1] for c in held_out]),
             "val_labels": np.array([c[2] for c in held_out])}
@@ -162,6 +166,9 @@ def main(argv=None) -> None:
                         help="the third audit's motion check: smooth colour textures translating, 8 directions x 2 "
                              "speeds (16 classes; a calibration of the search loop against that audit)")
     parser.add_argument("--workers", type=int, default=2, help="processes rendering --camera clips (the machine's cores)")
+    parser.add_argument("--every-2nd", action="store_true",
+                        help="--camera: pretrain on 8 frames every 2nd (the old demo sampling, half the probe's motion "
+                             "per tubelet; docs/learning.md rows G, F, P, T) instead of the probe's own frames")
     args = parser.parse_args(argv)
     started = time.time()
     if args.textures:
@@ -175,7 +182,7 @@ def main(argv=None) -> None:
     if args.camera:
         from pathlib import Path
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        np.savez(args.out, **make_camera_splits(args.pretrain, args.val, args.workers))
+        np.savez(args.out, **make_camera_splits(args.pretrain, args.val, args.workers, args.every_2nd))
         print(f"{args.out}: camera clips in {time.time() - started:.0f} s")
         return
     pretrain, pretrain_labels = make_split(args.pretrain, 1, True, plain=args.plain, audit=args.audit)
