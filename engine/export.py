@@ -31,7 +31,11 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Vision
     """The exported encoder as a VisionTransformer in eval mode with frozen parameters.
 
     `path`: an encoder .safetensors file, an export folder (model.safetensors + config.json, see
-    engine.export_card), or the fsspec URL of either (https://, s3://, gs://, file://)."""
+    engine.export_card), or the fsspec URL of either (https://, s3://, gs://, file://); or released V-JEPA 2
+    weights: a transformers VJEPA2 folder or hub id, an original vjepa2 checkpoint (engine/interop)."""
+    from engine.interop.released import is_released_source, read_released
+    if is_released_source(path):
+        return read_released(path).build_encoder(device)
     from shards.storage import is_url
     if is_url(path) or Path(path).is_dir():
         from engine.export_card import fetch_export, load_folder

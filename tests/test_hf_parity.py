@@ -10,10 +10,11 @@ relative (largest difference over the largest reference value):
 - the predictor on the same context/target masks (VJEPA2Model's predictor, which always takes mask token 1,
   vs the engine's Predictor with mask_token_id=1).
 
-These hold only with `rope_style: vjepa2`. Switched to `pairwise` (the engine's V-JEPA 2.1 rotation) the same
-weights give outputs 7e-3 (encoder) to 1.4e-2 (predictor) relative apart at this size (each channel pair's two channels rotate by
-two different frequencies in VJEPA2Model); `test_pairwise_rope_style_breaks_parity` asserts that, so the
-parity tests cannot pass with the wrong rotation. transformers has no pairwise rotation to compare with.
+These hold only with `rope_style: vjepa2` (measured: 0 on the full clip and the context tokens, 4.7e-7 on
+the predictor). Switched to `pairwise` (the engine's V-JEPA 2.1 rotation) the same weights give 7.3e-3 (full
+clip), 9.1e-3 (context tokens) and 1.4e-2 (predictor) relative: in VJEPA2Model each channel pair's two
+channels rotate by two different frequencies. `test_pairwise_rope_style_breaks_parity` asserts that gap, so
+the parity tests cannot pass with the wrong rotation. transformers has no pairwise rotation to compare with.
 """
 from __future__ import annotations
 

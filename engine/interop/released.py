@@ -163,9 +163,16 @@ def _strip(state: dict) -> dict[str, torch.Tensor]:
     return out
 
 
-def _original_to_hf(state: dict, role: str) -> dict[str, torch.Tensor]:
-    """Original vjepa2 names -> transformers names (the encoder's or the predictor's), q/k/v split."""
+def _original_to_hf(state: dict, role: str, origin: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Original vjepa2 names -> transformers names (the encoder's or the predictor's), q/k/v split; `origin`
+    collects each new name's original one, for the error messages."""
     out = {}
+    originals = {}
+    for key in state:
+        stripped = key
+        for prefix in ("module.", "backbone."):
+            stripped = stripped.removeprefix(prefix)
+        originals[stripped] = key
     for key, value in _strip(state).items():
         if role == "encoder":
             new = re.sub(r"^blocks\.", "encoder.layer.", key)
@@ -184,8 +191,10 @@ def _original_to_hf(state: dict, role: str) -> dict[str, torch.Tensor]:
         if ".attention.qkv." in new:
             for name, part in zip(("query", "key", "value"), value.chunk(3, dim=0)):
                 out[new.replace(".qkv.", f".{name}.")] = part
+                origin[new.replace(".qkv.", f".{name}.")] = originals[key]
         else:
             out[new] = value
+            origin[new] = originals[key]
     if role == "predictor":
         tokens = sorted((int(k.split(".")[-1]), v) for k, v in _strip(state).items() if re.match(r"^mask_tokens\.\d+$", k))
         if tokens:
@@ -200,9 +209,10 @@ def _geometry_from_weights(hf: dict, source: str, img_size: int, num_frames: int
         raise MappingError(f"{source}: no patch embedding (patch_embed.proj.weight); fix: pass a V-JEPA 2 checkpoint")
     width, chans, tubelet, patch, _ = hf[key].shape
     depth = 1 + max(int(k.split(".")[2]) for k in hf if k.startswith("encoder.layer."))
-    heads = num_heads or HEADS_BY_WIDTH.get(width, width // 64 if width % 64 == 0 else 0)
+    heads = num_heads or HEADS_BY_WIDTH.get(width)
     if not heads:
-        raise MappingError(f"{source}: width {width} is not a released V-JEPA 2 width, so its head count is unknown")
+        raise MappingError(f"{source}: width {width} is not a released V-JEPA 2 width, so its head count is unknown; "
+                           f"fix: read_released(..., num_heads=...) or model.init_from with the recipe's model.num_heads")
     hidden = hf["encoder.layer.0.mlp.fc1.weight"].shape[0]
     return ModelConfig(img_size=img_size, num_frames=num_frames, patch_size=patch, tubelet_size=tubelet,
                        in_chans=chans, embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=hidden / width,
@@ -213,7 +223,10 @@ def _geometry_from_weights(hf: dict, source: str, img_size: int, num_frames: int
 def _predictor_from_weights(hf: dict, model: ModelConfig, heads: int | None) -> tuple[PredictorConfig, int]:
     width = hf["predictor.embeddings.predictor_embeddings.weight"].shape[0]
     depth = 1 + max(int(k.split(".")[2]) for k in hf if k.startswith("predictor.layer."))
-    heads = heads or max(width // 32, 1)  # the released predictors: 384 wide, 12 heads of 32
+    heads = heads or {384: 12}.get(width)  # the released predictors: 384 wide, 12 heads
+    if not heads:
+        raise MappingError(f"predictor width {width} is not a released V-JEPA 2 predictor's, so its head count is "
+                           f"unknown; fix: read_released(..., predictor_heads=...) or the recipe's predictor.num_heads")
     hidden = hf["predictor.layer.0.mlp.fc1.weight"].shape[0]
     cfg = PredictorConfig(depth=depth, width=width, num_heads=heads, mlp_ratio=hidden / width, input_hidden_dim=0,
                           predict_context=False, qkv_bias=model.qkv_bias, pos_embed="rope", rope_style="vjepa2")
@@ -235,22 +248,26 @@ def read_vjepa2_checkpoint(path: Path, img_size: int = 256, num_frames: int = 64
     if "encoder" not in entries and "target_encoder" not in entries:
         entries = {"encoder": raw}  # a bare encoder state dict
     source = str(path)
+    origin: dict[str, str] = {}
     try:
-        online = _original_to_hf(entries.get("encoder") or entries["target_encoder"], "encoder")
+        online_entry = "encoder" if "encoder" in entries else "target_encoder"
+        online = _original_to_hf(entries[online_entry], "encoder", origin)
         model = _geometry_from_weights(online, source, img_size, num_frames, num_heads)
-        encoder = _checked_encoder(online, model, source)
-        target = (_checked_encoder(_original_to_hf(entries["target_encoder"], "encoder"), model, source)
+        encoder = _checked_encoder(online, model, online_entry, origin)
+        target = (_checked_encoder(_original_to_hf(entries["target_encoder"], "encoder", origin), model,
+                                   "target_encoder", origin)
                   if "target_encoder" in entries and "encoder" in entries else None)
         predictor_cfg = predictor = None
         tokens = 0
         if "predictor" in entries:
-            hf_pred = _original_to_hf(entries["predictor"], "predictor")
+            hf_pred = _original_to_hf(entries["predictor"], "predictor", origin)
             predictor_cfg, tokens = _predictor_from_weights(hf_pred, model, predictor_heads)
             used: set[str] = set()
             predictor = predictor_from_hf(hf_pred, predictor_cfg, used)
-            extra = sorted(set(hf_pred) - used)
+            extra = [k for k in hf_pred if k not in used]
             if extra:
-                raise MappingError(f"weight {extra[0]!r} has no place in the engine's Predictor")
+                raise MappingError(f"predictor weight {origin.get(extra[0], extra[0])!r} has no place in the "
+                                   f"engine's Predictor")
     except MappingError as err:
         message = str(err)
         raise MappingError(message if message.startswith(source) else f"{source}: {message}") from None
@@ -258,10 +275,29 @@ def read_vjepa2_checkpoint(path: Path, img_size: int = 256, num_frames: int = 64
                     notes=[f"geometry {num_frames} frames of {img_size} px assumed (not stored in the checkpoint)"])
 
 
-def _checked_encoder(hf: dict, model: ModelConfig, source: str) -> dict[str, torch.Tensor]:
+def _checked_encoder(hf: dict, model: ModelConfig, entry: str, origin: dict[str, str]) -> dict[str, torch.Tensor]:
     used: set[str] = set()
     encoder = encoder_from_hf(hf, model, used)
-    extra = sorted(set(hf) - used)
+    extra = [k for k in hf if k not in used]
     if extra:
-        raise MappingError(f"weight {extra[0]!r} has no place in the engine's VisionTransformer")
+        raise MappingError(f"{entry} weight {origin.get(extra[0], extra[0])!r} has no place in the engine's "
+                           f"VisionTransformer")
     return encoder
+
+
+def is_released_source(source: str | Path) -> bool:
+    """Whether `load_encoder` should read `source` as released weights: a transformers VJEPA2 folder, an
+    original checkpoint file (.pt, .pth, .tar, ...), or a hub id that is no local path or URL."""
+    text = str(source)
+    if "://" in text:
+        return False
+    path = Path(text)
+    if path.is_dir():
+        config = path / "config.json"
+        try:
+            return config.is_file() and json.loads(config.read_text(encoding="utf-8")).get("model_type") == "vjepa2"
+        except (OSError, ValueError):
+            return False
+    if path.exists():
+        return path.is_file() and path.name.endswith(CHECKPOINT_SUFFIXES)
+    return bool(HUB_ID.match(text)) and not text.endswith(".safetensors")
