@@ -33,9 +33,29 @@ def _source(init_from: str, encoder: nn.Module, predictor: nn.Module) -> Release
     if is_released_source(init_from):
         return read_released(init_from, img_size=cfg.img_size, num_frames=cfg.num_frames, num_heads=cfg.num_heads,
                              predictor_heads=predictor.cfg.num_heads)
-    from engine.export import load_encoder  # an engine export (file, folder or URL)
-    exported = load_encoder(init_from)
-    return Released(init_from, exported.cfg, {k: v.clone() for k, v in exported.state_dict().items()})
+    return _engine_export(init_from)
+
+
+def _engine_export(path: str) -> Released:
+    """An engine export: a folder (model.safetensors + config.json) or an encoder .safetensors file."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from engine.encoder_file import read_metadata
+    from engine.models import ModelConfig
+
+    local = Path(path)
+    if local.is_dir():
+        local = local / "model.safetensors"
+    if not local.is_file():
+        raise MappingError(f"model.init_from {path}: no such export, transformers VJEPA2 folder, vjepa2 checkpoint "
+                           f"or hub id; fix: check the path (a URL: copy the export here first)")
+    try:
+        cfg = ModelConfig(**read_metadata(local)["model_config"])
+    except ValueError as err:
+        raise MappingError(f"model.init_from {path}: {err}") from None
+    return Released(path, cfg, load_file(str(local), device="cpu"))
 
 
 def _first_difference(ours, theirs, fields, prefix: str) -> str | None:
