@@ -90,7 +90,7 @@ def test_step_zero_loss_is_the_loaded_models(demo):
     root, _ = demo
     (root / "check.py").write_text(SCRIPT)
     result = subprocess.run([sys.executable, str(root / "check.py"), str(root / "warm.yaml")], cwd=REPO, env=_env(),
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     losses = json.loads(result.stdout.strip().splitlines()[-1])
     assert losses["lambda"] == 0.0
@@ -103,7 +103,7 @@ def test_a_recipe_that_disagrees_with_the_weights_is_refused_naming_the_key(demo
     recipe = {**recipe, "model": {**recipe["model"], "rope_style": "pairwise"}, "run": {**recipe["run"], "name": "bad"}}
     (root / "bad.yaml").write_text(yaml.safe_dump(recipe))
     result = subprocess.run([sys.executable, "-m", "engine.train", "--recipe", str(root / "bad.yaml")], cwd=REPO,
-                            env=_env(), capture_output=True, text=True, timeout=600)
+                            env=_env(), capture_output=True, text=True, timeout=900)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: model.init_from ") and "model.rope_style" in last and "Traceback" not in result.stderr
