@@ -145,7 +145,8 @@ def read_hf_folder(folder: Path, source: str) -> Released:
         predictor = predictor_from_hf(hf, predictor_cfg, used) if any(k.startswith("predictor.") for k in hf) else None
     except MappingError as err:
         raise MappingError(f"{source}: {err}; fix: a complete VJEPA2Model checkpoint") from None
-    extra = sorted(k for k in hf if k not in used and not k.startswith("pooler."))
+    # A VJEPA2ForVideoClassification checkpoint's attentive pooler and classifier are not the encoder's.
+    extra = sorted(k for k in hf if k not in used and not k.startswith(("pooler.", "classifier.")))
     if extra:
         raise MappingError(f"{source}: weight {extra[0]!r} has no place in the engine's modules")
     return Released(source, model, encoder, None, predictor_cfg if predictor else None, predictor,
