@@ -107,5 +107,5 @@ def test_paper_recipes_state_the_released_conventions(path):
     assert recipe.model.rope_style == recipe.predictor.rope_style == "pairwise"
     if path in PAPER:
         assert recipe.predictor.mask_token_by == "clip_length" and recipe.predictor.modality_embedding
-    tree = load_yaml_tree(RECIPES / ("base/vitb16.yaml" if path in PAPER else "demo/base.yaml"))
-    assert tree["model"]["rope_style"] == "pairwise"
+    data, _ = load_yaml_tree(path)  # stated in the recipe's chain (its base), not left to the default
+    assert data["model"]["rope_style"] == data["predictor"]["rope_style"] == "pairwise"
