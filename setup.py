@@ -43,6 +43,9 @@ setup(
         "cloud": ["fsspec>=2024.6", "s3fs>=2024.6", "aiohttp>=3.9", "gcsfs>=2024.6"],
         "ray": ["ray>=2.30"],
         "tracking": ["wandb>=0.17", "mlflow-skinny>=2.14"],
+        # Released V-JEPA 2 weights in, Hugging Face folders out (engine/interop); 5.25+ needs the `kernels`
+        # package, whose name clashes with this repository's kernels/.
+        "hf": ["transformers>=5.0,<5.25"],
     },
     entry_points={"console_scripts": ["vjepa-shards=shards.build:main"]},
 )

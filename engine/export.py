@@ -10,6 +10,7 @@ EMA was disabled; engine.jepa decides), so a probe never has to guess.
 
     python -m engine.export runs/<run>/checkpoints/step_00000200 --out encoder.safetensors
     python -m engine.export runs/<run>/checkpoints/step_00000200 --out export/   # folder + model card
+    python -m engine.export runs/<run>/checkpoints/step_00000200 --out hf/ --format hf   # transformers VJEPA2
 
 `load_encoder` also takes an export folder or a URL of one (engine.export_card).
 """
@@ -33,7 +34,11 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Vision
     """The exported encoder as a VisionTransformer in eval mode with frozen parameters.
 
     `path`: an encoder .safetensors file, an export folder (model.safetensors + config.json, see
-    engine.export_card), or the fsspec URL of either (https://, s3://, gs://, file://)."""
+    engine.export_card), or the fsspec URL of either (https://, s3://, gs://, file://); or released V-JEPA 2
+    weights: a transformers VJEPA2 folder or hub id, an original vjepa2 checkpoint (engine/interop)."""
+    from engine.interop.released import is_released_source, read_released
+    if is_released_source(path):
+        return read_released(path).build_encoder(device)
     from shards.storage import is_url
     if is_url(path) or Path(path).is_dir():
         from engine.export_card import fetch_export, load_folder
@@ -136,12 +141,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", default=None,
                         help="the resolved recipe it was trained with; only for checkpoints without their own "
                              "recipe.yaml (written before checkpoints carried one)")
+    parser.add_argument("--format", choices=("engine", "hf"), default="engine",
+                        help="engine: this repository's export; hf: a folder transformers.VJEPA2Model.from_pretrained "
+                             "loads (engine/interop/hf_export.py; needs model.rope_style: vjepa2)")
     args = parser.parse_args(argv)
+    from engine.interop.hf_names import MappingError
     from engine.training.checkpoint import CheckpointRefused
     from engine.training.typed_yaml import ConfigError
     try:
-        print(export_checkpoint(args.checkpoint, args.out, args.recipe))
-    except (ConfigError, FileNotFoundError, CheckpointRefused) as err:
+        if args.format == "hf":
+            from engine.interop.hf_export import export_checkpoint_hf
+            print(export_checkpoint_hf(args.checkpoint, args.out, args.recipe, export_checkpoint, load_encoder))
+        else:
+            print(export_checkpoint(args.checkpoint, args.out, args.recipe))
+    except (ConfigError, FileNotFoundError, CheckpointRefused, MappingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -59,6 +59,7 @@ def write_export_folder(encoder: torch.nn.Module, model_cfg: ModelConfig, folder
     """Write `folder` (model.safetensors, config.json, README.md). `weights`: an existing export of the same
     encoder (e.g. the run's encoder.safetensors) to hard-link instead of writing the tensors twice."""
     from engine.encoder_file import export_encoder
+    from engine.clip_input import preprocessing_spec
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -76,7 +77,10 @@ def write_export_folder(encoder: torch.nn.Module, model_cfg: ModelConfig, folder
     config = {"format": CONFIG_FORMAT, "architecture": "VisionTransformer", "library": "vjepa-engine",
               "loader": "engine.export.load_encoder", "model_config": dataclasses.asdict(model_cfg),
               "weights": WEIGHTS_NAME, "weights_sha256": storage.sha256_file(target), "engine_commit": engine_commit(),
-              "embed_dim": model_cfg.embed_dim, "out_dim": getattr(encoder, "out_dim", None), **info}
+              # out_dim: the width of forward_eval's features (what a user gets); the training features'
+              # width (all out_layers) is train_out_dim. preprocessing: the evaluation's (engine/features.py).
+              "embed_dim": model_cfg.embed_dim, "out_dim": model_cfg.eval_dim, "train_out_dim": model_cfg.out_dim,
+              "preprocessing": preprocessing_spec(model_cfg), **info}
     _write_text(folder / CONFIG_NAME, json.dumps(config, indent=1, sort_keys=False) + "\n")
     recipe_text = None
     if recipe is not None:
@@ -128,9 +132,14 @@ def model_card(config: dict, recipe=None, evaluation: dict | None = None) -> str
              "encoder = load_encoder(\"<this folder or its URL>\")   # eval mode, frozen",
              "feats = encoder.forward_eval(video)                   # video [B, 3, T, H, W] -> [B, N, D]",
              "```", "",
-             "Input: ImageNet mean/std normalised RGB clips. `config.json` rebuilds the module "
+             "Input: ImageNet mean/std normalised RGB clips, made as the evaluation makes them (config.json "
+             "`preprocessing`); `python -m engine.features <this folder> clip.mp4 --out feats.npy` does it all "
+             "(`--pooled` for one vector). `config.json` rebuilds the module "
              "(`VisionTransformer(ModelConfig(**config['model_config']))`); `model.safetensors` holds its "
-             "state dict.", "", "## Recipe", ""]
+             "state dict.", "",
+             "For `transformers`: `python -m engine.export <checkpoint> --out <folder> --format hf` writes a folder "
+             "`VJEPA2Model.from_pretrained` loads (runs trained with `model.rope_style: vjepa2`; it refuses "
+             "other configurations, naming the key).", "", "## Recipe", ""]
     if recipe is not None:
         lines += [f"- variant `{config.get('variant') or recipe.objective.variant}`, {recipe.train.steps} steps, "
                   f"global batch {recipe.train.global_batch}, lr {recipe.optim.lr:g}, seed {recipe.run.seed}",

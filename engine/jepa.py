@@ -177,7 +177,8 @@ class JEPA(nn.Module):
         pred_losses, ctx_losses = [], []
         for config_id, mask in enumerate(masks):
             student = self.encoder(video, keep_idx=mask.context_idx, modality=modality)  # [B, Kc, D]
-            pred_target, pred_context = self.predictor(student, mask.context_idx, mask.target_idx, config_id)
+            pred_target, pred_context = self.predictor(student, mask.context_idx, mask.target_idx, config_id,
+                                                       modality=modality)
             if pred_context is None:
                 raise ValueError("the context loss needs the predictor's context outputs (predict_context)")
             student, pred_target, pred_context = student.float(), pred_target.float(), pred_context.float()

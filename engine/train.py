@@ -126,6 +126,12 @@ class Trainer:
                               num_mask_tokens=self.masks.num_mask_configs)
         self.jepa = JEPA(encoder, predictor, variant, r.loss)
         self.target = make_ema_target(encoder).to(self.device)
+        if r.model.init_from:  # released or exported weights into encoder, target and predictor (engine/interop)
+            from engine.interop.warm_start import MappingError, warm_start
+            try:
+                self.log("; ".join(warm_start(r.model.init_from, encoder, predictor, self.target)))
+            except MappingError as err:
+                raise SystemExit(f"error: {err}") from None
         encoder.set_grad_checkpointing(r.parallel.activation_checkpointing)
 
         # AdamW over the model's own two groups: its no_weight_decay() parameters are never decayed.

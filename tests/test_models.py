@@ -272,3 +272,57 @@ def test_bf16_autocast_step_is_finite(pos_embed):
     loss = pred_target.float().abs().mean() + pred_context.float().abs().mean()
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in encoder.parameters())
+
+
+def test_vjepa2_rope_style_is_the_repeated_sin_cos_rotation():
+    """`rope_style: vjepa2` equals the released V-JEPA 2 formula written out here: per axis, sin/cos of the P
+    frequencies repeated end to end, x * cos + rotate_half_pairs(x) * sin; `pairwise` differs from it."""
+    from engine.models.positions import Rotary3D, apply_rotary, grid_coordinates
+
+    head_dim, grid = 16, (2, 4, 4)
+    coords = grid_coordinates(torch.arange(32).unsqueeze(0), grid)  # [1, L, 3]
+    x = torch.randn(1, 32, 2, head_dim, generator=torch.Generator().manual_seed(0))  # [B, L, H, hd]
+    band = 2 * (head_dim // 6)
+    pairs = band // 2
+    omega = 1.0 / 10000 ** (torch.arange(pairs, dtype=torch.float32) / pairs)
+    expected = []
+    for axis in range(3):
+        part = x[..., axis * band:(axis + 1) * band]
+        freq = coords[..., axis, None] * omega  # [1, L, P]
+        sin, cos = freq.sin().repeat(1, 1, 2)[:, :, None], freq.cos().repeat(1, 1, 2)[:, :, None]  # [1, L, 1, band]
+        y1, y2 = part.unflatten(-1, (-1, 2)).unbind(-1)
+        rotated = torch.stack((-y2, y1), dim=-1).flatten(-2)
+        expected.append(part * cos + rotated * sin)
+    expected = torch.cat(expected + [x[..., 3 * band:]], dim=-1)
+    ours = apply_rotary(x, *Rotary3D(head_dim, style="vjepa2").angles(coords))
+    assert torch.allclose(ours, expected, atol=1e-6)
+    assert not torch.allclose(apply_rotary(x, *Rotary3D(head_dim, style="pairwise").angles(coords)), expected,
+                              atol=1e-3)
+
+
+def test_mask_token_by_clip_length_shares_token_zero():
+    cfg = PredictorConfig(depth=1, width=32, num_heads=2, zero_init_mask_tokens=False)
+    predictor = Predictor(cfg, in_dim=64, grid=(2, 4, 4), num_mask_tokens=2).eval()
+    shared = Predictor(PredictorConfig(**{**cfg.__dict__, "mask_token_by": "clip_length"}), 64, (2, 4, 4), 2).eval()
+    shared.load_state_dict(predictor.state_dict())
+    feats = torch.randn(1, 10, 64)
+    context, target = torch.arange(10).unsqueeze(0), torch.arange(10, 20).unsqueeze(0)
+    with torch.no_grad():
+        assert torch.equal(shared(feats, context, target, 1)[0], predictor(feats, context, target, 0)[0])
+        assert not torch.allclose(predictor(feats, context, target, 1)[0], predictor(feats, context, target, 0)[0])
+
+
+def test_predictor_modality_vector_is_added_to_every_token():
+    cfg = PredictorConfig(depth=1, width=32, num_heads=2, modality_embedding=True)
+    predictor = Predictor(cfg, in_dim=64, grid=(2, 4, 4), num_mask_tokens=1).eval()
+    feats = torch.randn(2, 10, 64)
+    context, target = torch.arange(10).expand(2, -1), torch.arange(10, 20).expand(2, -1)
+    with torch.no_grad():
+        video = predictor(feats, context, target, 0)[0]
+        assert torch.equal(video, predictor(feats, context, target, 0, modality=torch.zeros(2, dtype=torch.long))[0])
+        image = predictor(feats, context, target, 0, modality=torch.full((2,), IMAGE))[0]
+        assert not torch.allclose(video, image)
+        predictor.modality_embed.zero_()
+        plain = Predictor(PredictorConfig(depth=1, width=32, num_heads=2), 64, (2, 4, 4), 1).eval()
+        plain.load_state_dict({k: v for k, v in predictor.state_dict().items() if k != "modality_embed"})
+        assert torch.equal(predictor(feats, context, target, 0)[0], plain(feats, context, target, 0)[0])

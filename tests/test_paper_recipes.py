@@ -97,3 +97,15 @@ def test_paper_motion_map_is_the_released_map_at_the_token_grid():
     scores = motion_map(video, grid, kind)
     torch.testing.assert_close(scores, released_motion_maps(video, grid))
     assert torch.all(scores[2] == 0)                                       # max clamped at 1e-6: no NaN
+
+
+@pytest.mark.parametrize("path", PAPER[:3] + DEMO[:3], ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_paper_recipes_state_the_released_conventions(path):
+    """The study's V-JEPA 2.1 code: pairwise RoPE, mask token by clip length, predictor modality vector
+    (docs/paper-deviations.md §3-5); the demo states its RoPE style too."""
+    recipe = load_recipe(path, check_files=False)
+    assert recipe.model.rope_style == recipe.predictor.rope_style == "pairwise"
+    if path in PAPER:
+        assert recipe.predictor.mask_token_by == "clip_length" and recipe.predictor.modality_embedding
+    data, _ = load_yaml_tree(path)  # stated in the recipe's chain (its base), not left to the default
+    assert data["model"]["rope_style"] == data["predictor"]["rope_style"] == "pairwise"

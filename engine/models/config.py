@@ -11,6 +11,11 @@ from dataclasses import dataclass
 from engine.fields import above, at_least, check_fields, field_doc, one_of
 
 POSITION_KINDS = ("rope", "sincos")
+# How RoPE pairs channels with frequencies (docs/paper-deviations.md §3): "pairwise" rotates each channel pair
+# by one angle (V-JEPA 2.1, the study's code); "vjepa2" reproduces the released V-JEPA 2 code and transformers'
+# VJEPA2Model, whose sin/cos tables are repeated, so a pair's two channels use two different frequencies.
+ROPE_STYLES = ("pairwise", "vjepa2")
+MASK_TOKEN_CHOICES = ("mask_config", "clip_length")
 
 
 def _as_int_tuple(value) -> tuple[int, ...] | None:
@@ -39,6 +44,9 @@ class BlockStackConfig:
     pos_embed: str = field_doc("rope", "'rope' (3D rotary on q/k, the paper) or 'sincos' (fixed additive 3D sin-cos)",
                                valid=one_of(*POSITION_KINDS))
     rope_theta: float = field_doc(10000.0, "RoPE base frequency", valid=above(0))
+    rope_style: str = field_doc(
+        "pairwise", "RoPE channel/frequency pairing: 'pairwise' (one angle per channel pair, V-JEPA 2.1, the "
+        "study) or 'vjepa2' (the released V-JEPA 2 code and transformers' VJEPA2Model)", valid=one_of(*ROPE_STYLES))
     init_std: float = field_doc(0.02, "std of the truncated-normal weight init", valid=above(0))
 
 
@@ -61,6 +69,10 @@ class ModelConfig(BlockStackConfig):
         None, "blocks forming the frozen-eval features, a subset of out_layers; None = last block only",
         valid=at_least(0))
     modality_embedding: bool = field_doc(False, "add a learned video/image vector to every token (V-JEPA 2.1, the paper)")
+    init_from: str | None = field_doc(
+        None, "warm-start the encoder (and the predictor where present) from released weights: a transformers "
+        "VJEPA2 folder or hub id, an original vjepa2 checkpoint (.pt/.pth.tar), or an engine export; None = "
+        "random init (engine/interop)")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_layers", _as_int_tuple(self.out_layers))
@@ -140,6 +152,13 @@ class PredictorConfig(BlockStackConfig):
     zero_init_mask_tokens: bool = field_doc(True, "start the learnable mask tokens at zero (the paper) instead of random")
     predict_context: bool = field_doc(
         True, "also project the context tokens' outputs (predict_all; the dense context loss needs them)")
+    mask_token_by: str = field_doc(
+        "mask_config", "which learnable mask token a mask config uses: 'mask_config' (one per config, V-JEPA 1) "
+        "or 'clip_length' (one per frames-per-clip group, the released V-JEPA 2/2.1 code: every config of a "
+        "one-clip-length run shares token 0)", valid=one_of(*MASK_TOKEN_CHOICES))
+    modality_embedding: bool = field_doc(
+        False, "add a learned video/image vector to every predictor token (V-JEPA 2.1 configs with "
+        "img_temporal_dim_size)")
 
     def __post_init__(self) -> None:
         check_fields(self, "predictor.")

@@ -36,7 +36,7 @@ class VisionTransformer(nn.Module):
         # One LayerNorm per output level; the eval features reuse the norms of their levels.
         self.level_norms = nn.ModuleList(nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) for _ in cfg.out_layer_indices)
         self.modality_embed = nn.Parameter(torch.zeros(2, cfg.embed_dim)) if cfg.modality_embedding else None
-        self.rope = Rotary3D(cfg.head_dim, cfg.rope_theta) if cfg.pos_embed == "rope" else None
+        self.rope = Rotary3D(cfg.head_dim, cfg.rope_theta, cfg.rope_style) if cfg.pos_embed == "rope" else None
         if cfg.pos_embed == "sincos":
             self.register_buffer("pos_embed", sincos_3d(cfg.grid, cfg.embed_dim), persistent=False)  # [N, D]
         else:

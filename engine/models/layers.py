@@ -8,7 +8,8 @@ from torch import nn
 from .attention import attend
 from .positions import apply_rotary
 
-RotaryAngles = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each [B or 1, L, 1, P]
+# (cos, sin), or (cos, sin, cos_odd, sin_odd) for the vjepa2 RoPE style; each [B or 1, L, 1, P]
+RotaryAngles = tuple[torch.Tensor, ...]
 
 
 class SelfAttention(nn.Module):
