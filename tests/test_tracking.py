@@ -64,6 +64,9 @@ def _wandb_records(run_dir: Path):
 
 def test_wandb_and_mlflow_get_the_same_rows_recipe_and_export(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # where wandb would stage artifacts (~/.local/share/wandb)
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.delenv("WANDB_DATA_DIR", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     recipe = _recipe(tmp_path, wandb={"enabled": True, "mode": "offline", "project": "p"},
                      mlflow={"enabled": True, "experiment": "e"})
@@ -124,6 +127,10 @@ def test_wandb_and_mlflow_get_the_same_rows_recipe_and_export(tmp_path, monkeypa
         assert all(logged[key] == row[key] for key in ("loss", "lr", "time.wall", "clips_per_s"))
     assert {"model", "data", "log"} <= set(configs)
     assert "recipe.yaml" in artifact_files and "model.safetensors" in artifact_files
+    # what an offline `wandb sync` uploads later is kept with the run, not in the home folder
+    assert not (tmp_path / "home" / ".local" / "share" / "wandb").exists()
+    staged = [p.name for p in (run_dir / "wandb" / "data").rglob("*") if p.is_file()]
+    assert len(staged) >= 2, staged  # the recipe's and the export's files
 
 
 def test_tensorboard_stays_default_and_nothing_else_without_options(tmp_path):
