@@ -357,3 +357,21 @@ def test_evaluation_copies_a_remote_benchmark_folder_once(shards, http, tmp_path
     assert local_shards_root(f"{http.url}/evalroot/", ["bench"], cache_dir=tmp_path / "cache") == root
     assert http.log.gets(".tar") == []                                 # complete copies are reused
     assert local_shards_root(str(bench.parent), ["bench"]) == str(bench.parent)
+
+
+@needs_s3
+@pytest.mark.slow
+def test_remote_loader_benchmark_takes_an_s3_url(shards, s3, tmp_path):
+    import json
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.remote_loader import main as benchmark
+    for name, source in (("synth-ucf", "vid"), ("synth-ssv2", "vid"), ("synth-in", "img")):
+        upload_folder(shards / source, f"s3://shards/bench/{name}")
+    out = tmp_path / "remote"
+    assert benchmark(["--shards", "s3://shards/bench", "--batches", "2", "--rounds", "1", "--batch-size", "2",
+                      "--frames", "4", "--crop", "16", "--frame-step", "1", "--workers", "1", "--threads", "1",
+                      "--prefetch", "1", "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["shards"] == "s3://shards/bench" and set(report["rows"]) == {"s3", "s3 cached"}
+    assert all(row["clips_per_s"] > 0 for row in report["rows"].values())
