@@ -22,7 +22,9 @@ NOT_OURS = {"pip", "venv", "pytest"}
 
 
 def named_commands() -> list[tuple[str, ...]]:
-    commands = set()
+    """The commands the docs name, and every benchmark script run by its path."""
+    commands = {(f"benchmarks/{path.name}",) for path in (REPO / "benchmarks").glob("*.py")
+                if 'if __name__ == "__main__"' in path.read_text(encoding="utf-8")}
     for doc in DOCS:
         text = doc.read_text(encoding="utf-8")
         commands |= {(script,) for script in SCRIPT.findall(text) if (REPO / script).is_file()}
@@ -34,6 +36,7 @@ def test_the_docs_name_the_commands_this_test_runs():
     commands = named_commands()
     assert ("benchmarks/kernels.py",) in commands and ("-m", "shards.build") in commands
     assert ("benchmarks/remote_loader.py",) in commands and ("-m", "shards.verify") in commands
+    assert ("benchmarks/objectives.py",) in commands and ("-m", "benchmarks.learning_search.search") in commands
 
 
 @pytest.mark.slow
