@@ -19,6 +19,7 @@ import csv
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     machine = args.machine or f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()})"
-    report = {"machine": machine, "command": "python benchmarks/remote_stall.py " + " ".join(argv or sys.argv[1:]),
+    report = {"machine": machine, "command": shlex.join(["python", "benchmarks/remote_stall.py", *(argv or sys.argv[1:])]),
               "config": vars(args), "load_before": os.getloadavg(), "runs": {}}
     with tempfile.TemporaryDirectory(prefix="remote-stall-") as folder:
         folder = Path(folder)
