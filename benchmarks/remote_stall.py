@@ -45,17 +45,20 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "remote-stall-cpu"),
                         help="path stem of the .json and .md results (default benchmarks/results/remote-stall-cpu)")
     parser.add_argument("--only", choices=["local", "http"], help="run one of the two runs only")
+    parser.add_argument("--prefetch", type=int, default=2, help="data.prefetch of both runs: batches prepared "
+                                                                 "ahead (default 2, the recipe default)")
     return parser
 
 
-def recipe(out_dir: Path, steps: int) -> dict:
+def recipe(out_dir: Path, steps: int, prefetch: int = 2) -> dict:
     """The tiny CPU run of tests/test_remote_shards.py, longer."""
     return {
         "run": {"name": "stall", "out_dir": str(out_dir), "seed": 3},
         "model": {"preset": "tiny", "img_size": 32, "num_frames": 8, "patch_size": 8, "tubelet_size": 2},
         "predictor": {"preset": "tiny"},
         "objective": {"variant": "fwm"},
-        "data": {"datasets": [{"root": "set-by---set", "frame_step": 1}], "num_workers": 1, "num_threads": 1},
+        "data": {"datasets": [{"root": "set-by---set", "frame_step": 1}], "num_workers": 1, "num_threads": 1,
+                 "prefetch": prefetch},
         "train": {"steps": steps, "global_batch": 4, "micro_batch": 4, "checkpoint_every": 10 * steps,
                   "progress_bar": False, "export_at_end": False},
         "optim": {"lr": 3.0e-3, "start_lr": 1.0e-3, "final_lr": 3.0e-3, "warmup_steps": 2},
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         write_dataset(folder / "shards" / "vid", FixtureSpec("vid", args.samples, num_frames=16, height=32, width=32,
                                                              samples_per_shard=4))
         recipe_path = folder / "tiny.yaml"
-        recipe_path.write_text(yaml.safe_dump(recipe(folder / "runs", args.steps)))
+        recipe_path.write_text(yaml.safe_dump(recipe(folder / "runs", args.steps, args.prefetch)))
         with RangeHTTPServer(folder / "shards") as server:
             server.log.delay_s = args.latency_ms / 1000
             roots = {"local": str(folder / "shards" / "vid"), "http": f"{server.url}/vid"}
@@ -126,7 +129,7 @@ def markdown(report: dict) -> str:
     cfg = report["config"]
     lines = [f"# Data wait of a training run reading shards over HTTP ({report['machine']})", "",
              f"`{report['command'].strip()}`: {cfg['steps']} steps of the tiny CPU recipe (ViT tiny, 8x32x32 clips, "
-             f"batch 4, 1 loader worker, prefetch 2), fixture shards of {cfg['samples']} VP9 clips; the `http` run "
+             f"batch 4, 1 loader worker, prefetch {cfg['prefetch']}), fixture shards of {cfg['samples']} VP9 clips; the `http` run "
              f"reads them through a local HTTP server that waits {cfg['latency_ms']:g} ms before each ranged GET.",
              "", "Machine shared with other jobs: load average before "
              f"{[round(x, 2) for x in report['load_before']]}, after {[round(x, 2) for x in report['load_after']]}.",
