@@ -15,6 +15,14 @@ microsecond kernel is not timed as one host synchronisation.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:
+    # Run as `python benchmarks/kernels.py`: Python put benchmarks/ first on sys.path, where this file would
+    # shadow the `kernels` package it measures; import from the repository root instead.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import json
 import math
@@ -24,7 +32,6 @@ import statistics
 import time
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np

@@ -10,6 +10,14 @@ over all of them; the ratio to the baseline compares the fastest round of each (
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:
+    # Run as `python benchmarks/objectives.py`: Python put benchmarks/ first on sys.path, where this file would
+    # shadow the `kernels` package it measures; import from the repository root instead.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import json
 import os
@@ -17,7 +25,6 @@ import platform
 import random
 import statistics
 import time
-from pathlib import Path
 
 import torch
 

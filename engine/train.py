@@ -240,9 +240,9 @@ class Trainer:
 
     def report(self, row: dict, collapse_row: dict) -> None:
         """The progress bar, the collapse alarm's warnings and the skipped-step line of one step."""
-        self.bar.update(1)
         self.bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}", lr=f"{row['lr']:.2e}",
                              clips_s=f"{row['clips_per_s']:.1f}", stall=f"{row['data_stall']:.0%}", refresh=False)
+        self.bar.update(1)  # after the postfix: the bar draws this step's values with its count
         for warning in self.collapse.check(row["step"], collapse_row) if collapse_row else ():
             self.log(warning)
         if not row["step_applied"]:

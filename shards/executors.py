@@ -16,11 +16,18 @@ makes the driver read each source and send its bytes with the task; the worker t
 copy and names the original path in any reject reason. Twice the cluster's CPUs (at least twice
 `--workers`) tasks are in flight, so every CPU is busy and the driver's memory stays bounded.
 
+Token authentication (Ray >= 2.5x): `ray start --head` turns it on when a token exists (~/.ray/auth_token,
+written by any earlier local `ray.init()` too), but Ray enables it on a driver only for `--ray-address auto`;
+with an explicit HOST:PORT the driver is refused after ~20 s. So for an explicit address with RAY_AUTH_MODE
+unset and a token available (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token), the driver uses it,
+as Ray does for `auto`; RAY_AUTH_MODE=disabled opts out. A cluster that still refuses is one line.
+
 Ray is an optional extra: `pip install -e ".[ray]"`.
 """
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections import deque
 from contextlib import contextmanager
@@ -30,6 +37,35 @@ from shards.errors import LayoutError
 from shards.transcode import transcode_job
 
 EXECUTORS = ("local", "ray")
+
+
+def use_token_if_available() -> bool:
+    """RAY_AUTH_MODE=token for this driver when it is unset and a Ray auth token is available (what Ray does
+    itself for address "auto" only); True when switched on here."""
+    if os.environ.get("RAY_AUTH_MODE") is not None:
+        return False
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return False
+    enabled = bool(maybe_enable_token_auth_if_token_available(warn_if_disabled=False))
+    if enabled:
+        print("ray: connecting with the auth token found (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token); "
+              "RAY_AUTH_MODE=disabled connects without one", file=sys.stderr)
+    return enabled
+
+
+def _connect_error(address: str | None, error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    where = f"--ray-address {address}" if address else "--executor ray (a local Ray cluster)"
+    if "auth" in f"{type(error).__name__} {error}".lower():
+        return (f"{where}: the cluster refused this driver's authentication ({type(error).__name__}: {text[:200]}); "
+                f"fix: export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN=<the output of `ray get-auth-token` on the head "
+                f"node> (or RAY_AUTH_TOKEN_PATH), then rerun")
+    return (f"{where}: cannot start or join Ray ({type(error).__name__}: {text[:200]}); fix: check the address "
+            f"(`ray status` on the head node) or use --executor local")
 
 
 def _transcode_shipped(job, data: bytes | None):
@@ -60,12 +96,17 @@ class RayPool:
         self.started = not ray.is_initialized()
         if self.started:
             kwargs = {"address": address} if address else {"num_cpus": num_cpus}
+            if address and address != "auto":
+                use_token_if_available()
             # The workers import this repository's packages: ship its path with the job (no install on the nodes
             # needed when it lives on a shared file system; else install vjepa-engine on every node).
             repo = str(Path(__file__).resolve().parents[1])
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
-                     runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
-                         p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)}}, **kwargs)
+            try:
+                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
+                         runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
+                             p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)}}, **kwargs)
+            except Exception as error:  # noqa: BLE001 - Ray's connection and auth errors: one line, not a traceback
+                raise LayoutError(_connect_error(address, error)) from None
         cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
         self.max_inflight = max(1, max_inflight, 2 * cluster_cpus)  # every CPU of the cluster busy, and no more
         self.ship_inputs = ship_inputs

@@ -16,11 +16,15 @@ Nothing here imports torch: `shards/` stays torch-free.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
 import re
+import socket
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from shards.errors import LayoutError
@@ -67,14 +71,78 @@ def basename(location: str | Path) -> str:
 
 
 def filesystem(url: str):
-    """(fsspec filesystem, path inside it) for a URL; a missing backend is one line naming the extra."""
+    """(fsspec filesystem, path inside it) for a URL; a missing backend is one line naming the extra, and a
+    server that refuses connections (or a host that does not resolve) one line naming it, at once."""
     import fsspec
     try:
-        return fsspec.core.url_to_fs(url)
+        fs, inner = fsspec.core.url_to_fs(url)
     except (ImportError, ValueError) as error:
         package = BACKEND_PACKAGES.get(scheme(url), "the fsspec backend")
         raise StorageError(f"{url}: cannot open {scheme(url)}:// ({error}); fix: pip install -e \".[cloud]\" "
                            f"(or `pip install {package}`)") from None
+    check_reachable(url, fs)
+    return fs, inner
+
+
+# ------------------------------------------------------------------------------------------- reachability
+
+PROBE_TIMEOUT_S = 5.0
+_REACHED: set[tuple[str, int]] = set()  # servers that accepted a connection in this process (checked once)
+
+
+def endpoint_of(url: str, fs=None) -> str | None:
+    """The http(s) address requests for `url` go to, where it is known here: the URL itself for http(s), the
+    configured endpoint of an S3-compatible store; None otherwise (AWS itself, gs://, ...)."""
+    kind = scheme(url)
+    if kind in ("http", "https"):
+        return url
+    if kind in ("s3", "s3a"):
+        return (getattr(fs, "endpoint_url", None) or (getattr(fs, "client_kwargs", None) or {}).get("endpoint_url")
+                or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+                or os.environ.get("FSSPEC_S3_ENDPOINT_URL"))
+    return None
+
+
+def check_reachable(url: str, fs=None) -> None:
+    """One TCP connection to the server behind `url`, once per process: a refused connection or an unknown
+    host is a StorageError naming both, instead of a backend's retries (botocore and s3fs retry a refused
+    connection for ~40 s) or fsspec's http "not found". A timeout decides nothing (the request's own retries
+    do); nor is a server behind a proxy probed."""
+    endpoint = endpoint_of(url, fs)
+    if not endpoint:
+        return
+    parts = urllib.parse.urlsplit(endpoint)
+    try:
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return
+    if not host or (host, port) in _REACHED or (
+            parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(host)):
+        return
+    try:
+        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+    except (ConnectionRefusedError, socket.gaierror) as error:
+        via = f" (the endpoint {endpoint} from AWS_ENDPOINT_URL or the fsspec options)" if endpoint != url else ""
+        raise StorageError(f"{url}: unreachable: cannot connect to {host}:{port}{via}: {error.strerror or error}; "
+                           f"fix: check the address and that the server is running") from None
+    except OSError:
+        return
+    _REACHED.add((host, port))
+
+
+def is_refused(error: BaseException) -> bool:
+    """A refused connection, also when a backend wraps it (aiohttp's os_error, botocore's kwargs['error'],
+    a __cause__): nothing listens there, and asking again will not change that."""
+    seen = 0
+    while error is not None and seen < 8:
+        if isinstance(error, ConnectionRefusedError) or getattr(error, "errno", None) == errno.ECONNREFUSED:
+            return True
+        if "connection refused" in str(error).lower() or "connect call failed" in str(error).lower():
+            return True
+        error = (getattr(error, "os_error", None) or (getattr(error, "kwargs", None) or {}).get("error")
+                 or error.__cause__ or error.__context__)
+        seen += 1
+    return False
 
 
 # ------------------------------------------------------------------------------------------- retries
@@ -83,6 +151,8 @@ def is_transient(error: BaseException) -> bool:
     """Worth retrying: timeouts, dropped connections, throttling and 5xx answers; not a missing file, a
     refused permission or a malformed request, which would fail the same way again."""
     if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    if is_refused(error):
         return False
     if isinstance(error, (TimeoutError, ConnectionError)):
         return True
@@ -141,7 +211,11 @@ def is_file(location: str | Path, retry: Retry = DEFAULT_RETRY) -> bool:
     fs, inner = filesystem(str(location))
     try:
         return retry(f"{location}: info", fs.info, inner).get("type") == "file"
-    except FileNotFoundError:
+    except FileNotFoundError as error:
+        cause = error.__cause__  # fsspec's http turns every failure into FileNotFoundError: keep real ones apart
+        if cause is not None and not isinstance(cause, FileNotFoundError) and "404" not in str(cause) \
+                and "not found" not in str(cause).lower():
+            raise StorageError(f"{location}: unreachable: {type(cause).__name__}: {cause}") from None
         return False
 
 
@@ -205,8 +279,9 @@ def _new_file(path: Path):
         raise StorageError(str(error)) from None
 
 
-def put_file(local: Path, location: str | Path, retry: Retry = DEFAULT_RETRY) -> None:
-    """Upload (or copy) one local file to `location`; object stores make it visible only when complete."""
+def put_file(local: Path, location: str | Path, retry: Retry = DEFAULT_RETRY, progress=None) -> None:
+    """Upload (or copy) one local file to `location`; object stores make it visible only when complete.
+    `progress(n)` is told every n bytes sent (negative when a retried attempt starts over)."""
     path = local_path(location)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -214,9 +289,35 @@ def put_file(local: Path, location: str | Path, retry: Retry = DEFAULT_RETRY) ->
         with _new_file(temporary) as handle:
             handle.write(Path(local).read_bytes())
         os.replace(temporary, path)
+        if progress is not None:
+            progress(path.stat().st_size)
         return
     fs, inner = filesystem(str(location))
-    retry(f"{location}: upload", fs.put_file, str(local), inner)
+    if progress is None:
+        retry(f"{location}: upload", fs.put_file, str(local), inner)
+        return
+    from fsspec.callbacks import Callback
+
+    class Sent(Callback):
+        def __init__(self):
+            super().__init__()
+            self.sent = 0
+
+        def relative_update(self, inc=1):
+            self.sent += inc
+            progress(inc)
+
+    def attempt():
+        callback = Sent()
+        try:
+            fs.put_file(str(local), inner, callback=callback)
+        except BaseException:
+            progress(-callback.sent)  # a retry sends the file again
+            raise
+        if callback.sent == 0:  # a backend that reports nothing: the whole file at the end
+            progress(Path(local).stat().st_size)
+
+    retry(f"{location}: upload", attempt)
 
 
 def list_names(location: str | Path, retry: Retry = DEFAULT_RETRY) -> dict[str, int]:

@@ -110,6 +110,53 @@ def test_transient_errors_are_told_apart_from_permanent_ones():
         storage.Retry(attempts=2, base_delay=0.0)("down", lambda: (_ for _ in ()).throw(TimeoutError("slow")))
 
 
+def test_a_refused_connection_is_not_transient():
+    assert not storage.is_transient(ConnectionRefusedError(111, "Connection refused"))
+    wrapped = OSError("Cannot connect to host 127.0.0.1:9 ssl:default [Connect call failed ('127.0.0.1', 9)]")
+    assert not storage.is_transient(wrapped)
+    try:
+        raise RuntimeError("Could not connect to the endpoint URL") from ConnectionRefusedError(111, "refused")
+    except RuntimeError as error:  # botocore-style: the refusal is the cause
+        assert not storage.is_transient(error)
+    assert storage.is_transient(ConnectionResetError()) and storage.is_transient(TimeoutError())
+
+
+def test_an_unreachable_http_root_is_one_line_naming_it(tmp_path):
+    from remote_servers import free_port
+
+    from engine.data.index import load_dataset_index
+    from engine.recipe import ConfigError, load_recipe
+    root = f"http://127.0.0.1:{free_port()}/shards/synth-ucf"  # nothing listens there
+    with pytest.raises(storage.StorageError, match=re.escape(f"{root}/index.parquet: unreachable: cannot connect to "
+                                                             f"127.0.0.1") + ".*Connection refused"):
+        load_dataset_index(DatasetSpec(root))
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "demo" / "ucf_fwm.yaml"
+    with pytest.raises(ConfigError) as caught:
+        load_recipe(recipe, [f"data.datasets=[{{root: '{root}'}}]"])
+    assert "unreachable" in str(caught.value) and root in str(caught.value)
+    assert "no index.parquet" not in str(caught.value) and len(str(caught.value).splitlines()) == 1
+
+
+@needs_s3
+def test_an_unreachable_s3_endpoint_is_one_line_at_once(monkeypatch):
+    import time
+
+    import s3fs
+    from remote_servers import S3_ENV, free_port
+
+    from engine.data.index import load_dataset_index
+    for key, value in S3_ENV.items():
+        monkeypatch.setenv(key, value)
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    s3fs.S3FileSystem.clear_instance_cache()
+    start = time.monotonic()
+    with pytest.raises(storage.StorageError, match=f"unreachable.*{re.escape(endpoint)}.*Connection refused"):
+        load_dataset_index(DatasetSpec("s3://lab-shards/synth-ucf"))
+    assert time.monotonic() - start < 5, "a refused connection was retried"
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
 def test_member_cache_keeps_under_its_cap(tmp_path):
     cache = MemberCache(tmp_path / "cache", max_bytes=10_000)
     for i in range(30):
@@ -310,3 +357,21 @@ def test_evaluation_copies_a_remote_benchmark_folder_once(shards, http, tmp_path
     assert local_shards_root(f"{http.url}/evalroot/", ["bench"], cache_dir=tmp_path / "cache") == root
     assert http.log.gets(".tar") == []                                 # complete copies are reused
     assert local_shards_root(str(bench.parent), ["bench"]) == str(bench.parent)
+
+
+@needs_s3
+@pytest.mark.slow
+def test_remote_loader_benchmark_takes_an_s3_url(shards, s3, tmp_path):
+    import json
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.remote_loader import main as benchmark
+    for name, source in (("synth-ucf", "vid"), ("synth-ssv2", "vid"), ("synth-in", "img")):
+        upload_folder(shards / source, f"s3://shards/bench/{name}")
+    out = tmp_path / "remote"
+    assert benchmark(["--shards", "s3://shards/bench", "--batches", "2", "--rounds", "1", "--batch-size", "2",
+                      "--frames", "4", "--crop", "16", "--frame-step", "1", "--workers", "1", "--threads", "1",
+                      "--prefetch", "1", "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["shards"] == "s3://shards/bench" and set(report["rows"]) == {"s3", "s3 cached"}
+    assert all(row["clips_per_s"] > 0 for row in report["rows"].values())

@@ -103,3 +103,38 @@ def test_killed_ray_build_resumes_to_the_clean_result(cluster, tmp_path, capsys)
     assert all((killed / name).read_bytes() == (clean / name).read_bytes() for name in tars)
     assert all(finished_before[name] == (killed / name).read_bytes() for name in finished_before)
     assert not (killed / ".building-train").exists()
+
+
+def test_an_explicit_address_uses_an_available_auth_token(tmp_path, monkeypatch, capsys):
+    """`ray start --head` enables token auth when ~/.ray/auth_token exists, but Ray's driver only picks the
+    token up for address "auto": an explicit HOST:PORT used to be refused after ~20 s (InvalidAuthToken).
+    No cluster here: ray.init is replaced by one that records the mode it was called with and refuses."""
+    from shards.errors import LayoutError
+    from shards.executors import RayPool
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("a" * 64)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    from ray._raylet import AuthenticationTokenLoader, Config
+    AuthenticationTokenLoader.instance().reset_cache()
+    seen = []
+
+    def refusing_init(**kwargs):
+        seen.append((kwargs.get("address"), os.environ.get("RAY_AUTH_MODE")))
+        raise ray.exceptions.AuthenticationError("Authentication failed: InvalidAuthToken")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refusing_init)
+    try:
+        with pytest.raises(LayoutError) as caught:
+            RayPool("10.0.0.1:6379", max_inflight=2, ship_inputs=False)
+    finally:
+        os.environ.pop("RAY_AUTH_MODE", None)
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+    assert seen == [("10.0.0.1:6379", "token")]
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1 and "RAY_AUTH_MODE=token" in message and "10.0.0.1:6379" in message
+    assert "auth token" in capsys.readouterr().err

@@ -64,6 +64,9 @@ def _wandb_records(run_dir: Path):
 
 def test_wandb_and_mlflow_get_the_same_rows_recipe_and_export(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # where wandb would stage artifacts (~/.local/share/wandb)
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.delenv("WANDB_DATA_DIR", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     recipe = _recipe(tmp_path, wandb={"enabled": True, "mode": "offline", "project": "p"},
                      mlflow={"enabled": True, "experiment": "e"})
@@ -124,6 +127,10 @@ def test_wandb_and_mlflow_get_the_same_rows_recipe_and_export(tmp_path, monkeypa
         assert all(logged[key] == row[key] for key in ("loss", "lr", "time.wall", "clips_per_s"))
     assert {"model", "data", "log"} <= set(configs)
     assert "recipe.yaml" in artifact_files and "model.safetensors" in artifact_files
+    # what an offline `wandb sync` uploads later is kept with the run, not in the home folder
+    assert not (tmp_path / "home" / ".local" / "share" / "wandb").exists()
+    staged = [p.name for p in (run_dir / "wandb" / "data").rglob("*") if p.is_file()]
+    assert len(staged) >= 2, staged  # the recipe's and the export's files
 
 
 def test_tensorboard_stays_default_and_nothing_else_without_options(tmp_path):
@@ -138,3 +145,54 @@ def test_tensorboard_stays_default_and_nothing_else_without_options(tmp_path):
     dump_recipe(off, off.run_dir / "recipe.yaml")
     MetricsWriter(off.run_dir, enabled=True, resume_step=None).close()
     assert not (off.run_dir / "tensorboard").exists()
+
+
+def _drawn_figure(monkeypatch, metrics_csv: Path, out_png: Path):
+    """plot_losses' figure, as it was saved."""
+    from matplotlib.figure import Figure
+
+    from engine.training.metrics import plot_losses
+    saved = []
+    original = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (saved.append(self), original(self, *a, **k))[1])
+    plot_losses(metrics_csv, out_png)
+    return saved[-1]
+
+
+def test_loss_curve_shows_a_term_equal_to_the_total(tmp_path, monkeypatch):
+    rows = [{"step": s, "loss": 1.0 / s, "loss.pred": 1.0 / s, "loss.ctx": 1.0 / s + 1e-4, "lr": 0.1}
+            for s in range(1, 11)]
+    metrics_csv = tmp_path / "run" / "metrics.csv"
+    metrics_csv.parent.mkdir()
+    with open(metrics_csv, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    figure = _drawn_figure(monkeypatch, metrics_csv, tmp_path / "loss_curve.png")
+    assert (tmp_path / "loss_curve.png").stat().st_size > 1000
+    lines = {line.get_label(): (ax, line) for ax in figure.axes for line in ax.get_lines()}
+    total = next(label for label in lines if label.startswith("loss") and "." not in label)
+    assert {total, "loss.pred", "loss.ctx"} == set(lines)
+    for one, other in (("loss.pred", total), ("loss.pred", "loss.ctx")):  # equal or nearly equal curves
+        (ax_a, a), (ax_b, b) = lines[one], lines[other]
+        assert ax_a is not ax_b or a.get_linestyle() != b.get_linestyle(), f"{one} hides under {other}"
+
+
+def test_progress_bar_shows_the_step_it_counts(monkeypatch):
+    """At n/total the bar's postfix is step n's loss (it used to show step n-1's)."""
+    import io
+    import re
+    from types import SimpleNamespace
+
+    from tqdm import tqdm
+
+    from engine.train import Trainer
+    out = io.StringIO()
+    trainer = SimpleNamespace(bar=tqdm(total=4, file=out, mininterval=0, miniters=1, ncols=200))
+    for step in range(1, 5):
+        row = {"step": step, "loss": step / 10, "lr": 1e-3, "clips_per_s": 1.0, "data_stall": 0.0, "step_applied": 1}
+        Trainer.report(trainer, row, {})
+    trainer.bar.close()
+    shown = re.findall(r"(\d)/4 \[[^\]]*loss=([\d.]+)", out.getvalue())
+    assert shown and all(float(loss) == int(n) / 10 for n, loss in shown), shown
+    assert {int(n) for n, _ in shown} >= {1, 2, 3, 4}

@@ -143,25 +143,40 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
 
 
+TERM_STYLES = ("-", "--", "-.", ":")  # terms often lie close together: style as well as colour tells them apart
+
+
 def plot_losses(metrics_csv: str | Path, out_png: str | Path) -> Path:
-    """Every `loss*` column against the step, log-scaled, in one PNG."""
+    """The total loss against the step in one panel, each `loss.*` term in a panel below (a term equal to
+    the total, e.g. loss.pred of a variant with no other term, would otherwise hide under it), log-scaled."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = read_metrics(metrics_csv)
     keys = sorted({k for r in rows for k in r if k.startswith("loss")}, key=lambda k: (k != "loss", k))
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for key in keys:
-        points = [(r["step"], r[key]) for r in rows if key in r and r[key] > 0]
-        if points:
-            ax.plot(*zip(*points), label=key, linewidth=1.6 if key == "loss" else 1.0)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title(Path(metrics_csv).parent.name)
+    series = {key: [(r["step"], r[key]) for r in rows if key in r and r[key] > 0] for key in keys}
+    terms = [key for key in keys if key != "loss" and series[key]]
+    fig, axes = plt.subplots(2 if terms else 1, 1, sharex=True, squeeze=False, dpi=110,
+                             figsize=(7, 6.4 if terms else 4.2))
+    total_ax = axes[0][0]
+    if series.get("loss"):
+        total_ax.plot(*zip(*series["loss"]), label="loss (total)", color="black", linewidth=1.6)
+    total_ax.set_ylabel("total loss")
+    total_ax.set_title(Path(metrics_csv).parent.name)
+    panels = [total_ax]
+    if terms:
+        terms_ax = axes[1][0]
+        for i, key in enumerate(terms):
+            terms_ax.plot(*zip(*series[key]), label=key, linewidth=1.2, linestyle=TERM_STYLES[i % len(TERM_STYLES)])
+        terms_ax.set_ylabel("loss terms")
+        panels.append(terms_ax)
+    for ax in panels:
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7, ncol=2)
+    panels[-1].set_xlabel("step")
     fig.tight_layout()
     out_png = Path(out_png)
     fig.savefig(out_png)

@@ -13,12 +13,18 @@ Only rank 0 tracks. The trackers are opened by the MetricsWriter from the run fo
 the training loop needs no code of its own for them. A resumed run continues the same tracker run: its ids
 are kept in `<run>/tracking.json`. The packages are optional: `pip install -e ".[tracking]"`; an enabled
 tracker whose package is missing stops the run at its first metrics row with a one-line error.
+
+Everything a tracker writes stays in the run folder: wandb's run files in <run>/wandb, and the copies of
+logged artifacts it stages (which an offline run's `wandb sync` uploads later) in <run>/wandb/data instead
+of ~/.local/share/wandb (WANDB_DATA_DIR, unless set); MLflow's default file store in <run>/mlruns, which
+MLflow 3 reads back only with MLFLOW_ALLOW_FILE_STORE=true (the engine sets it for its own writes).
 """
 from __future__ import annotations
 
 import json
 import os
 import atexit
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -96,14 +102,30 @@ class _Wandb:
                               config=recipe, tags=list(cfg.tags) or None, id=run_id, resume="allow" if run_id else None,
                               settings=wandb.Settings(silent=True, console="off"))
         self.id = self.run.id
+        self.run_dir = Path(run_dir)
 
     def log(self, step: int, values: dict) -> None:
         self.run.log(values, step=step)
 
     def artifact(self, path: Path, name: str, kind: str) -> None:
-        art = self.wandb.Artifact(name, type=kind)
-        (art.add_dir if path.is_dir() else art.add_file)(str(path))
-        self.run.log_artifact(art)
+        with self.staged_in_run():
+            art = self.wandb.Artifact(name, type=kind)
+            (art.add_dir if path.is_dir() else art.add_file)(str(path))
+            self.run.log_artifact(art)
+
+    @contextmanager
+    def staged_in_run(self):
+        """wandb copies an artifact's files into $WANDB_DATA_DIR/artifacts/staging when they are added (default
+        ~/.local/share/wandb), where an offline run's `wandb sync` finds them later: keep them in the run
+        folder, unless the user chose a place."""
+        if "WANDB_DATA_DIR" in os.environ:
+            yield
+            return
+        os.environ["WANDB_DATA_DIR"] = str((self.run_dir / "wandb" / "data").resolve())
+        try:
+            yield
+        finally:
+            os.environ.pop("WANDB_DATA_DIR", None)
 
     def finish(self) -> None:
         self.run.finish()
