@@ -89,8 +89,10 @@ def _checked_run(args: argparse.Namespace) -> int:
         except RunInUse as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+    trainer = Trainer(recipe, args.resume)
+    trainer.indexes = indexes  # checked above: the loader takes them as they are
     with lock:
-        return Trainer(recipe, args.resume, indexes).run()
+        return trainer.run()
 
 
 def load_data_indexes(recipe: Recipe) -> list:
@@ -106,10 +108,10 @@ class Trainer:
     """Builds the run's parts (setup) and runs the loop (run). State lives in attributes so that the
     checkpoint, the signal handler and the final summary see the same objects."""
 
-    def __init__(self, recipe: Recipe, resume: str, indexes: list | None = None):
+    def __init__(self, recipe: Recipe, resume: str):
         self.recipe = recipe
         self.resume = resume
-        self.indexes = indexes  # the checked datasets (load_data_indexes); None: the loader loads them
+        self.indexes = None  # the datasets main() checked (load_data_indexes); None: the loader loads them
 
     # -- setup ----------------------------------------------------------------------------------------
 
