@@ -11,6 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -38,7 +39,7 @@ def broken_shards(intact: Path, folder: Path, fault: str) -> tuple[dict, Path, s
     table = pq.read_table(index).to_pylist()
     column, crafted = ("key", "../evil") if fault == "unsafe index key" else ("shard", "../elsewhere/train-000000.tar")
     table[0][column] = crafted
-    pq.write_table(pq.read_table(index).from_pylist(table, schema=pq.read_schema(index)), index)
+    pq.write_table(pa.Table.from_pylist(table, schema=pq.read_schema(index)), index)
     return dataset, index, f"{crafted!r} "
 
 

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from proc_helpers import free_port, wait_until  # noqa: E402
+from proc_helpers import free_port, wait_gone, wait_until  # noqa: E402
 from test_train import _deepspeed, _env, _kill_group, _metrics, _module_state, _run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -273,12 +273,9 @@ def test_sigterm_to_the_deepspeed_runner_stops_the_rank_and_a_second_run_is_refu
 
             proc.send_signal(signal.SIGTERM)  # the runner's PID only, not its process group
             assert proc.wait(timeout=60) == -signal.SIGTERM  # the shell's 143, at once (DeepSpeed's runner)
-            try:
-                rank.wait(timeout=180)
-            except Exception:  # psutil.TimeoutExpired
-                raise AssertionError(f"the rank still runs 180 s after SIGTERM to the runner: "
-                                     f"{log.read_text()[-3000:]}") from None
-            per_node.wait(timeout=60)  # it reports the rank's exit status, then exits
+            assert wait_gone([rank.pid], 180) == [], f"the rank still runs 180 s after SIGTERM to the runner: " \
+                                                     f"{log.read_text()[-3000:]}"
+            assert wait_gone([per_node.pid], 60) == []  # it logs the rank's exit status, then exits
         finally:
             _kill_group(proc)
     output = log.read_text()

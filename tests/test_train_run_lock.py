@@ -105,7 +105,7 @@ RANK = textwrap.dedent("""
     from engine.training.launcher import stop_with_launcher
     with open(sys.argv[1], "w", buffering=1) as out:
         with stop_with_launcher(announce=False), StopSignal() as stop:
-            out.write(f"ready\\n")
+            out.write("ready\\n")
             while stop.received is None:
                 time.sleep(0.05)
         out.write(f"stopped by {signal.Signals(stop.received).name}\\n")
