@@ -42,6 +42,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from engine.training.launcher import stop_with_launcher
+    # First of all: a `kill` of the deepspeed runner while this rank starts up must stop it too.
+    with stop_with_launcher(announce=os.environ.get("RANK", "0") == "0"):
+        return _checked_run(args)
+
+
+def _checked_run(args: argparse.Namespace) -> int:
+    """Every check of the user's input, then the run with its folder locked; a refusal is one line, exit 2,
+    and leaves the run folder as it was (a fresh run's folder is not created)."""
     # -- recipe: read and validated before anything heavy is imported or built ----------------------
     try:
         recipe = load_recipe(args.recipe, args.overrides, allow_outside_base=args.allow_base_outside_tree)
@@ -67,7 +76,32 @@ def main(argv: list[str] | None = None) -> int:
         except (ConfigError, FileNotFoundError, CheckpointRefused) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-    return Trainer(recipe, args.resume).run()
+    try:
+        indexes = load_data_indexes(recipe)
+    except (ValueError, OSError) as err:  # the loader's one-line input errors (remote reads included)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from engine.training.run_lock import RunInUse, RunLock
+    lock = RunLock(run_dir)
+    if os.environ.get("RANK", "0") == "0":  # the other ranks are ended by the launcher when rank 0 refuses
+        try:
+            lock.acquire()
+        except RunInUse as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    trainer = Trainer(recipe, args.resume)
+    trainer.indexes = indexes  # checked above: the loader takes them as they are
+    with lock:
+        return trainer.run()
+
+
+def load_data_indexes(recipe: Recipe) -> list:
+    """Each dataset's split, loaded and checked as the loader would (engine.data.index.load_indexes), before
+    anything is written: a split with no rows, a missing or truncated tar, an unsafe name or an undecodable
+    codec is one line, not a traceback after DeepSpeed started and recipe.yaml was written."""
+    from engine.data.index import load_indexes
+    from engine.data.loader import resolve_decode_device
+    return load_indexes(recipe.data.datasets, resolve_decode_device(recipe.data.decode_device))
 
 
 class Trainer:
@@ -77,6 +111,7 @@ class Trainer:
     def __init__(self, recipe: Recipe, resume: str):
         self.recipe = recipe
         self.resume = resume
+        self.indexes = None  # the datasets main() checked (load_data_indexes); None: the loader loads them
 
     # -- setup ----------------------------------------------------------------------------------------
 
@@ -148,7 +183,7 @@ class Trainer:
         data_cfg = _replace(r.data, batch_size=r.train.micro_batch, rank=self.rank, world_size=self.world,
                             seed=r.run.seed, mode="train", infinite=True,
                             dtype="bfloat16" if self.precision == "bf16" else "float32")
-        self.loader = VideoLoader(data_cfg)
+        self.loader = VideoLoader(data_cfg, self.indexes)
         self.ckpt = CheckpointManager(self.run_dir, r.train.keep_last, every=r.train.checkpoint_every,
                                       last_step=r.train.steps)
         self.collapse = CollapseAlarm(r.collapse)

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from proc_helpers import free_port, wait_until  # noqa: E402
+from proc_helpers import free_port, wait_gone, wait_until  # noqa: E402
 from test_train import _deepspeed, _env, _kill_group, _metrics, _module_state, _run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -223,3 +223,83 @@ def test_a_checkpoint_from_another_machine_exports_without_pickle_and_resume_ref
     encoder = load_encoder(export_checkpoint(sent, tmp_path / "enc.safetensors"))
     ema = real_load(sent / "trainer.pt", weights_only=True)["ema_target"]
     assert all(torch.equal(v, ema[k]) for k, v in encoder.state_dict().items())
+
+
+# -- issue 22: the launcher's SIGTERM reaches the ranks, one live run per folder, setup errors before writing --
+
+def _rank_of(runner_pid: int):
+    """The rank under `deepspeed` -> `deepspeed.launcher.launch` (not the rank's own DALI worker children)."""
+    import psutil
+    launchers = [p for p in psutil.Process(runner_pid).children(recursive=True)
+                 if "deepspeed.launcher.launch" in " ".join(p.cmdline())]
+    assert len(launchers) == 1, launchers
+    ranks = launchers[0].children()
+    assert len(ranks) == 1, ranks
+    return launchers[0], ranks[0]
+
+
+def test_sigterm_to_the_deepspeed_runner_stops_the_rank_and_a_second_run_is_refused(tiny):
+    """`kill <pid of deepspeed>`, as a scheduler does: the runner exits 143 at once and passes nothing on (one
+    node), so the rank used to train on, unseen, while a `--resume auto` started next ran on the same folder.
+    Now the rank checkpoints and exits 143 itself, and a second run is refused while the first lives."""
+    from engine.training.run_lock import RunLock
+    root, recipe = tiny
+    name = "runner_sigterm"
+    run_dir = root / "runs" / name
+    sets = ["--set", f"run.name={name}", "--set", "train.steps=1000", "--set", "train.checkpoint_every=1000",
+            "--set", "train.export_at_end=false"]
+    cmd = _deepspeed() + ["--num_gpus", "1", "--master_port", str(free_port()), str(REPO / "engine" / "train.py"),
+                          "--recipe", str(recipe), *sets]
+    log = root / f"{name}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=out, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        try:
+            # Start-up takes tens of seconds on a busy 2-core machine: 300 s bounds a hang, it is not a duration.
+            try:
+                wait_until(lambda: (run_dir / "metrics.csv").exists() and len(_metrics(run_dir)) >= 2, proc, 300,
+                           "2 steps were logged", interval=0.2)
+            except AssertionError as error:
+                raise AssertionError(f"{error}; output: {log.read_text()[-3000:]}") from None
+            per_node, rank = _rank_of(proc.pid)
+
+            # A second run on the folder while the first trains: one line naming the folder and the holder.
+            second = _run([sys.executable, "-m", "engine.train", "--recipe", str(recipe), "--resume", "auto",
+                           "--set", f"run.name={name}", "--set", "train.steps=3"], timeout=300)
+            err = second.stderr.strip()
+            assert second.returncode == 2 and err.count("\n") == 0, second.stdout[-2000:] + err[-3000:]
+            assert err.startswith(f"error: {run_dir}: another run of this folder is still alive (pid {rank.pid} "), err
+            assert rank.is_running() and proc.poll() is None
+
+            proc.send_signal(signal.SIGTERM)  # the runner's PID only, not its process group
+            assert proc.wait(timeout=60) == -signal.SIGTERM  # the shell's 143, at once (DeepSpeed's runner)
+            assert wait_gone([rank.pid], 180) == [], f"the rank still runs 180 s after SIGTERM to the runner: " \
+                                                     f"{log.read_text()[-3000:]}"
+            assert wait_gone([per_node.pid], 60) == []  # it logs the rank's exit status, then exits
+        finally:
+            _kill_group(proc)
+    output = log.read_text()
+    assert "stopped by SIGTERM at step" in output and "Traceback" not in output, output[-3000:]
+    assert "exits with return code = 143" in output, output[-3000:]  # the per-node launcher, on the rank's exit
+    last = int(_metrics(run_dir)[-1]["step"])
+    assert 2 <= last < 1000
+    assert (run_dir / "checkpoints" / f"step_{last:08d}" / "COMPLETE").is_file()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", f"step_{last:08d}"]
+    RunLock(run_dir).acquire().release()  # the stopped run left the folder free
+
+
+@pytest.mark.parametrize("fault", ["split without rows", "missing tar"])
+def test_resume_whose_data_fails_the_loaders_checks_is_one_line_and_writes_nothing(tiny, launched, tmp_path, fault):
+    import json
+
+    from test_train_input_errors import assert_one_line_refusal, broken_shards
+    root, recipe = tiny
+    run_dir, _, _, _ = launched
+    runs = tmp_path / "runs"
+    shutil.copytree(run_dir, runs / "tiny")
+    dataset, named, phrase = broken_shards(root / "shards", tmp_path / "shards", fault)
+    before = _snapshot(runs / "tiny")
+    result = _run([sys.executable, "-m", "engine.train", "--recipe", str(recipe), "--resume", "auto",
+                   "--set", f"run.out_dir={runs}", "--set", f"data.datasets=[{json.dumps(dataset)}]"], timeout=300)
+    assert_one_line_refusal(result, named, phrase)
+    assert _snapshot(runs / "tiny") == before  # recipe.yaml included

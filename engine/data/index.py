@@ -51,17 +51,23 @@ class DatasetIndex:
         return len(self.keys)
 
 
-def _check_tar(path: Path, needed_bytes: int) -> None:
+# What to do about a shard folder whose tars do not match its index: the build is resumable and writes whole
+# tars, so building the same split into the same folder again replaces what is missing or broken.
+_REBUILD_FIX = "fix: rebuild the split into that folder (`python -m shards.build ... --out {root}`) or restore the file"
+
+
+def _check_tar(path: Path, needed_bytes: int, index_path: Path) -> None:
+    fix = _REBUILD_FIX.format(root=path.parent)
     if not path.is_file():
-        raise FileNotFoundError(f"shard missing: {path}")
+        raise FileNotFoundError(f"shard missing: {path} ({index_path} lists it); {fix}")
     with open(path, "rb") as f:
         header = f.read(512)
     # POSIX/GNU tar headers carry "ustar" at byte 257; WebDataset tars always do.
     if len(header) < 512 or header[257:262] != b"ustar":
-        raise ValueError(f"shard is not a tar file: {path}")
+        raise ValueError(f"shard is not a tar file: {path}; {fix}")
     if path.stat().st_size < needed_bytes:
         raise ValueError(f"shard is truncated (index needs {needed_bytes} bytes, file has "
-                         f"{path.stat().st_size}): {path}")
+                         f"{path.stat().st_size}): {path}; {fix}")
 
 
 def load_dataset_index(spec: DatasetSpec) -> DatasetIndex:
@@ -83,7 +89,9 @@ def load_dataset_index(spec: DatasetSpec) -> DatasetIndex:
     in_split = columns["split"] == spec.split
     if not in_split.any():
         splits = sorted(set(columns["split"].tolist()))
-        raise ValueError(f"{index_path}: no rows for split {spec.split!r} (has {splits})")
+        raise ValueError(f"{index_path}: no rows for split {spec.split!r} (the folder holds {splits}); fix: use one "
+                         f"of those splits, or build {spec.split!r} into the folder (`python -m shards.build ... "
+                         f"--split {spec.split} --out {root}`)")
     columns = {c: v[in_split] for c, v in columns.items()}
     # Shard names are joined to the folder here; keys name tar members and reach logs, states and caches.
     # The loader reads members by offset, never by member name: those are checked by shards.names.verify_members.
@@ -103,7 +111,7 @@ def load_dataset_index(spec: DatasetSpec) -> DatasetIndex:
     for sid, shard_name in enumerate(shard_names):
         path = storage.join(root, str(shard_name))
         if not isinstance(root, str):
-            _check_tar(path, needed[sid])
+            _check_tar(path, needed[sid], index_path)
         shard_paths.append(str(path))
 
     return DatasetIndex(
@@ -125,6 +133,18 @@ def load_dataset_index(spec: DatasetSpec) -> DatasetIndex:
         codecs=tuple(sorted(set(str(c).lower() for c in columns["codec"].tolist()))),
         shard_versions=versions,
     )
+
+
+def load_indexes(specs: list[DatasetSpec], decode_device: str) -> list[DatasetIndex]:
+    """Every dataset's split, loaded and checked (rows for the split, safe names, each shard present and
+    whole, codecs that `decode_device` ('cpu' or 'mixed') decodes): all of the loader's input errors, as
+    one-line FileNotFoundError/ValueError, before a pipeline, a process group or a run file exists."""
+    indexes = []
+    for spec in specs:
+        index = load_dataset_index(spec)
+        check_decodable(index, decode_device)
+        indexes.append(index)
+    return indexes
 
 
 def check_decodable(index: DatasetIndex, decode_device: str) -> None:

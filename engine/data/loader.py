@@ -26,7 +26,7 @@ import torch
 
 from engine.data.augment import crop_flip_resize_batch
 from engine.data.config import LoaderConfig, resize_in_graph
-from engine.data.index import check_decodable, load_dataset_index, read_member
+from engine.data.index import DatasetIndex, load_indexes, read_member
 from engine.data.pipeline import (META_DATASET, META_ROI, META_ROW, META_STEP, META_SUBSTITUTED, META_VALID,
                                   DecodeProbe, build_pipeline, dense_to_torch)
 from engine.data.sampler import ClipSampler
@@ -83,14 +83,14 @@ def _one_torch_thread():
 class VideoLoader:
     """Index-driven DALI loader for one rank. See the module docstring for the protocol."""
 
-    def __init__(self, cfg: LoaderConfig):
+    def __init__(self, cfg: LoaderConfig, indexes: list[DatasetIndex] | None = None):
+        """`indexes`: what `load_indexes(cfg.datasets, ...)` returned for this machine's decode device, when
+        the caller checked the data before anything else (the trainer does); loaded and checked here otherwise."""
         self.cfg = cfg.validate()
         self.decode_device = resolve_decode_device(cfg.decode_device)
         self.resize_in_graph = resize_in_graph(cfg.resize_backend, self.decode_device)
         self.device_id = cfg.device_id if cfg.device_id is not None else int(os.environ.get("LOCAL_RANK", 0))
-        self.indexes = [load_dataset_index(spec) for spec in cfg.datasets]
-        for index in self.indexes:
-            check_decodable(index, self.decode_device)
+        self.indexes = load_indexes(cfg.datasets, self.decode_device) if indexes is None else list(indexes)
         self.names = [ix.name for ix in self.indexes]
         self.step = 0
         self.skipped: dict[tuple[int, int], str] = {}   # (dataset_id, row) -> DALI's reason
