@@ -17,10 +17,8 @@ EMA was disabled; engine.jepa decides), so a probe never has to guess.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -53,15 +51,6 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Vision
     encoder.load_state_dict(state, strict=True)
     encoder.requires_grad_(False)
     return encoder.eval().to(device)
-
-
-@contextlib.contextmanager
-def _quiet_pickle_warnings():
-    """torch.load warns (two lines) about the pickle protocol of a raw pickle before the weights-only load
-    refuses it; the refusal is the one line a user needs."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-        yield
 
 
 def _trainer_info(checkpoint: Path, fix: str) -> tuple[dict, dict | None]:
@@ -118,12 +107,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, recipe: str | Pat
                                 f"{checkpoint.parent.parent / 'recipe.yaml'} if no resume changed it since")
     fix = ("do not use this checkpoint: the engine writes trainer.pt as plain tensors and data, so this one was "
            "altered or not written by it (ask its author for an exported encoder.safetensors)")
-    with _quiet_pickle_warnings():
-        info, trainer = _trainer_info(checkpoint, fix)
+    info, trainer = _trainer_info(checkpoint, fix)
     model_cfg = read_resolved_recipe(recipe_path).model
     encoder = VisionTransformer(model_cfg)
-    with _quiet_pickle_warnings():
-        state = _trained_state(checkpoint, info, trainer, fix)
+    state = _trained_state(checkpoint, info, trainer, fix)
     encoder.load_state_dict(state, strict=True)
     if not str(out).endswith(".safetensors"):  # a folder: weights, config.json and a model card
         from engine.export_card import write_export_folder

@@ -119,3 +119,19 @@ def test_a_raw_pickle_is_refused_in_one_stderr_line(written, tmp_path, crafted):
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert lines[0].startswith(f"error: {folder / crafted}: refused: loading it needs pickle"), lines[0]
+
+
+def test_every_weights_only_read_refuses_a_raw_pickle_without_warnings(tmp_path):
+    """Resume reads its checkpoint files through the same load_weights_only as export: a raw pickle is one
+    CheckpointRefused and no warning (before: torch's two pickle-protocol lines came first on resume)."""
+    import warnings
+
+    from engine.training.checkpoint import CheckpointRefused, load_weights_only
+
+    marker = tmp_path / "created-by-unpickling"
+    _raw_pickle(tmp_path / "rank_0.pt", marker, "loader", {})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointRefused, match="refused: loading it needs pickle"):
+            load_weights_only(tmp_path / "rank_0.pt", "fix it")
+    assert [str(w.message) for w in caught] == [] and not marker.exists()

@@ -39,6 +39,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -157,9 +158,14 @@ def _write_state(folder: Path, stem: str, state: Mapping[str, Any]) -> None:
 
 
 def load_weights_only(path: Path, fix: str) -> Any:
-    """torch.load that cannot run code: tensors and plain data, or one CheckpointRefused line naming the file."""
+    """torch.load that cannot run code: tensors and plain data, or one CheckpointRefused line naming the file.
+
+    torch warns (two lines) about a raw pickle's protocol before the weights-only load refuses it; the refusal
+    is the one line a user needs, on resume and on export alike."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         needs = re.search(r"(Unsupported global: GLOBAL \S+|Unsupported operand \S+)", str(err))
         what = needs.group(1).replace("Unsupported global: GLOBAL ", "") if needs else "more than tensors and data"
