@@ -139,7 +139,8 @@ def _question_section(rows: list[dict]) -> list[str]:
     chance = next((r["chance"] for r in rows if r["benchmark"] == benchmark), float("nan"))
     lines += ["", f"Chance on {benchmark}: {_num(chance)}%. Per-seed values are in results.csv.", ""]
     for regime in ("ucf", "mixed"):
-        deltas = baseline_deltas(rows, regime)
+        # Only variants paired with a baseline row of the same seed (a study without `baseline` has none).
+        deltas = {v: d for v, d in baseline_deltas(rows, regime).items() if d.num_pairs > 0}
         if not deltas:
             continue
         lines += [f"### Variant − same-seed baseline on {benchmark}, {REGIMES[regime]}", "",
