@@ -150,6 +150,7 @@ def moto_s3(monkeypatch=None):
     env = {**S3_ENV, "AWS_ENDPOINT_URL": endpoint, "AWS_ENDPOINT_URL_S3": endpoint}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    _forget_s3_filesystems()
     try:
         yield endpoint
     finally:
@@ -159,6 +160,17 @@ def moto_s3(monkeypatch=None):
             else:
                 os.environ[key] = value
         server.stop()
+        # s3fs caches its file systems by their arguments, not by the endpoint they read from the environment:
+        # one built inside this block would otherwise serve the next test, pointing at this stopped server.
+        _forget_s3_filesystems()
+
+
+def _forget_s3_filesystems() -> None:
+    try:
+        import s3fs
+    except ImportError:
+        return
+    s3fs.S3FileSystem.clear_instance_cache()
 
 
 def upload_folder(local: Path, url: str) -> None:
