@@ -161,7 +161,11 @@ class Trainer:
                               num_mask_tokens=self.masks.num_mask_configs)
         self.jepa = JEPA(encoder, predictor, variant, r.loss)
         self.target = make_ema_target(encoder).to(self.device)
-        if r.model.init_from:  # released or exported weights into encoder, target and predictor (engine/interop)
+        self.ckpt = CheckpointManager(self.run_dir, r.train.keep_last, every=r.train.checkpoint_every,
+                                      last_step=r.train.steps)
+        # A resume overwrites every warm-started weight, so its source need not be read (or still exist) then.
+        if r.model.init_from and self.ckpt.resolve(self.resume) is None:
+            # released or exported weights into encoder, target and predictor (engine/interop)
             from engine.interop.warm_start import MappingError, warm_start
             try:
                 self.log("; ".join(warm_start(r.model.init_from, encoder, predictor, self.target)))
@@ -184,8 +188,6 @@ class Trainer:
                             seed=r.run.seed, mode="train", infinite=True,
                             dtype="bfloat16" if self.precision == "bf16" else "float32")
         self.loader = VideoLoader(data_cfg, self.indexes)
-        self.ckpt = CheckpointManager(self.run_dir, r.train.keep_last, every=r.train.checkpoint_every,
-                                      last_step=r.train.steps)
         self.collapse = CollapseAlarm(r.collapse)
         self.parts = StepParts(self.engine, self.jepa, self.target, self.masks, self.loader.next_batch, r, self.accum,
                                self.device, self.rank, self.precision, self.collapse)

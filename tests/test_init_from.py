@@ -107,3 +107,26 @@ def test_a_recipe_that_disagrees_with_the_weights_is_refused_naming_the_key(demo
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: model.init_from ") and "model.rope_style" in last and "Traceback" not in result.stderr
+
+
+def test_a_warm_started_run_resumes_without_its_source(demo, tmp_path):
+    """A resume overwrites every warm-started weight from its checkpoint, so the source is not read again:
+    moved away (or a hub id on an offline machine), `--resume auto` still continues. Before: the resume
+    re-read `model.init_from` and failed on the missing folder."""
+    import shutil
+    root, recipe = demo
+    source = tmp_path / "hf"
+    shutil.copytree(root / "hf", source)
+    recipe = {**recipe, "run": {**recipe["run"], "name": "moved", "out_dir": str(tmp_path / "runs")},
+              "model": {**recipe["model"], "init_from": str(source)},
+              "train": {**recipe["train"], "steps": 2, "checkpoint_every": 1}}
+    path = tmp_path / "moved.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    command = [sys.executable, "-m", "engine.train", "--recipe", str(path)]
+    first = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    shutil.rmtree(source)
+    again = subprocess.run(command + ["--resume", "auto", "--set", "train.steps=3"], cwd=REPO, env=_env(),
+                           capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from" in again.stdout + again.stderr

@@ -25,7 +25,12 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     rows = read_csv(results)
-    table = [line for line in _learning_section(rows) if line and not line.startswith("- verdict")]
+    try:
+        table = [line for line in _learning_section(rows) if line and not line.startswith("- verdict")]
+    except ValueError as error:  # no headline row of a question benchmark (UCF-101 or its stand-in)
+        print(f"error: {results}: {error}; fix: include synth-ucf or ucf101 in the study's --benchmarks",
+              file=sys.stderr)
+        return 2
     print("\n".join(table))
     if args.curve and Path(args.curve).is_file():
         print(f"learning curve: {args.curve} (probe top-1 against the training step, references as bands)")
